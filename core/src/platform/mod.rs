@@ -1,0 +1,473 @@
+//! Platform traits: how the core reaches hardware, the IOMMU, host memory and event delivery.
+//!
+//! The core never touches hardware itself. An embedder implements these small traits:
+//!
+//! * [`PciAccess`]: raw access to physical PCI functions (config space, BARs, resets, host
+//!   interrupt vectors) — used by the vfio-pci bus driver ([`crate::pci`]).
+//! * [`Iommu`]: IOMMU groups, DMA ownership, domains and translations — used by the
+//!   registry ([`crate::vfio`]) and the Type1 backend ([`crate::type1`]).
+//!   (rust-vmm's `vm-memory` also has an `Iommu` trait, which *translates* IOVAs for a
+//!   vhost-user backend; ours *programs* an IOMMU: the two are unrelated.)
+//! * [`HostMemory`]: the calling process's address space as the Type1 backend sees it
+//!   (pin a virtual range, learn its physical runs, locked-memory accounting).
+//! * [`EventSink`]: where interrupts and notifications go (an eventfd on Linux, a token on
+//!   bare metal).
+//!
+//! Every trait has an associated error type (embedded-hal's `ErrorType` pattern) that maps
+//! onto [`Errno`] through [`crate::errno::Error`].
+
+use core::fmt;
+
+use crate::errno::{Errno, ErrorType};
+
+/// PCI function address: segment (domain), bus, device, function.
+///
+/// Displayed and parsed in the Linux sysfs form `ssss:bb:dd.f` (e.g. `0000:06:0d.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Bdf {
+    /// PCI segment (domain), 0..=0xffff.
+    pub segment: u16,
+    /// Bus number, 0..=0xff.
+    pub bus: u8,
+    /// Device number, 0..=31.
+    pub device: u8,
+    /// Function number, 0..=7.
+    pub function: u8,
+}
+
+impl Bdf {
+    /// Builds a BDF; `None` if `device > 31` or `function > 7`.
+    pub const fn new(segment: u16, bus: u8, device: u8, function: u8) -> Option<Bdf> {
+        if device > 31 || function > 7 {
+            None
+        } else {
+            Some(Bdf {
+                segment,
+                bus,
+                device,
+                function,
+            })
+        }
+    }
+
+    /// Device and function packed as in a config address (`device << 3 | function`).
+    pub const fn devfn(self) -> u8 {
+        (self.device << 3) | self.function
+    }
+
+    /// Parses `ssss:bb:dd.f` (segment optional: `bb:dd.f`), hexadecimal fields.
+    ///
+    /// Returns `None` for anything else, including out-of-range device/function numbers.
+    pub fn parse(text: &str) -> Option<Bdf> {
+        let (head, function) = text.rsplit_once('.')?;
+        let mut parts = head.rsplitn(3, ':');
+        let device = parts.next()?;
+        let bus = parts.next()?;
+        let segment = parts.next().unwrap_or("0");
+        let hex16 = |s: &str, max_len: usize| -> Option<u16> {
+            if s.is_empty() || s.len() > max_len {
+                return None;
+            }
+            u16::from_str_radix(s, 16).ok()
+        };
+        let segment = hex16(segment, 4)?;
+        let bus = u8::try_from(hex16(bus, 2)?).ok()?;
+        let device = u8::try_from(hex16(device, 2)?).ok()?;
+        let function = u8::try_from(hex16(function, 1)?).ok()?;
+        Bdf::new(segment, bus, device, function)
+    }
+}
+
+impl fmt::Display for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.segment, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// Width of one config-space access in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Width {
+    /// 1 byte.
+    Byte = 1,
+    /// 2 bytes (the offset must be 2-byte aligned).
+    Word = 2,
+    /// 4 bytes (the offset must be 4-byte aligned).
+    Dword = 4,
+}
+
+impl Width {
+    /// The width in bytes: 1, 2 or 4.
+    pub const fn bytes(self) -> usize {
+        self as usize
+    }
+
+    /// The width for a byte count of 1, 2 or 4; `None` otherwise.
+    pub const fn from_bytes(n: usize) -> Option<Width> {
+        match n {
+            1 => Some(Width::Byte),
+            2 => Some(Width::Word),
+            4 => Some(Width::Dword),
+            _ => None,
+        }
+    }
+
+    /// Mask of the value bits for this width (`0xff`, `0xffff`, `0xffff_ffff`).
+    pub const fn mask(self) -> u32 {
+        match self {
+            Width::Byte => 0xff,
+            Width::Word => 0xffff,
+            Width::Dword => 0xffff_ffff,
+        }
+    }
+}
+
+/// A BAR number, 0..=5 (type-0 header, PCI Local Bus spec §6.2.5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BarIndex(u8);
+
+impl BarIndex {
+    /// `Some` for 0..=5, `None` otherwise.
+    pub const fn new(index: u8) -> Option<BarIndex> {
+        if index < 6 {
+            Some(BarIndex(index))
+        } else {
+            None
+        }
+    }
+
+    /// The BAR number, 0..=5.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+
+    /// All six BARs in order.
+    pub const ALL: [BarIndex; 6] = [
+        BarIndex(0),
+        BarIndex(1),
+        BarIndex(2),
+        BarIndex(3),
+        BarIndex(4),
+        BarIndex(5),
+    ];
+}
+
+/// What kind of host resource backs a BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BarKind {
+    /// 32-bit memory BAR.
+    Mem32,
+    /// 64-bit memory BAR (occupies this BAR and the next one).
+    Mem64,
+    /// I/O port BAR.
+    Io,
+}
+
+/// The host resource assigned to one BAR, as the platform's PCI core allocated it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BarResource {
+    /// Memory or I/O, 32 or 64-bit.
+    pub kind: BarKind,
+    /// Prefetchable memory.
+    pub prefetch: bool,
+    /// Host address of the resource (bus address for memory, port for I/O).
+    pub start: u64,
+    /// Size in bytes: a power of two, or 0 for an unassigned BAR.
+    pub size: u64,
+}
+
+/// A function-level reset method (PCIe base spec §6.6.2, PCI PM spec, PCI AF ECN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ResetMethod {
+    /// Whatever function reset the platform finds best (Linux `pci_try_reset_function`).
+    Function,
+    /// Secondary bus reset of the bus the function sits on (affects every function on it).
+    Bus,
+    /// Slot reset through the hotplug controller (affects every function in the slot).
+    Slot,
+}
+
+/// Which interrupt mechanism a host vector allocation is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MsiKind {
+    /// MSI (capability ID 0x05): 1..=32 vectors, a power of two is programmed.
+    Msi,
+    /// MSI-X (capability ID 0x11): 1..=2048 vectors, one table entry each.
+    Msix,
+}
+
+/// Raw access to physical PCI functions.
+///
+/// Offsets are bytes from the start of the function's config space (0..4096) or of the BAR.
+/// Implementations may assume the core passes naturally aligned config accesses that do not
+/// cross the config-space size; they must still refuse (not panic on) anything else.
+pub trait PciAccess: ErrorType {
+    /// Size of the function's config space in bytes: 256 (conventional) or 4096 (PCIe).
+    fn config_size(&mut self, dev: Bdf) -> Result<u16, Self::Error>;
+
+    /// Reads `width` bytes at `offset`, little-endian, zero-extended.
+    fn config_read(&mut self, dev: Bdf, offset: u16, width: Width) -> Result<u32, Self::Error>;
+
+    /// Writes the low `width` bytes of `value` at `offset`, little-endian.
+    fn config_write(
+        &mut self,
+        dev: Bdf,
+        offset: u16,
+        width: Width,
+        value: u32,
+    ) -> Result<(), Self::Error>;
+
+    /// The host resource behind BAR `bar` (size 0 when unassigned; for the upper half of a
+    /// 64-bit pair, size 0).
+    fn bar_resource(&mut self, dev: Bdf, bar: BarIndex) -> Result<BarResource, Self::Error>;
+
+    /// Size in bytes of the function's expansion ROM resource (0 when none).
+    fn rom_size(&mut self, dev: Bdf) -> Result<u64, Self::Error>;
+
+    /// Reads `buf.len()` bytes of BAR `bar` at byte `offset` from the BAR start.
+    fn bar_read(
+        &mut self,
+        dev: Bdf,
+        bar: BarIndex,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Self::Error>;
+
+    /// Writes `data` into BAR `bar` at byte `offset` from the BAR start.
+    fn bar_write(
+        &mut self,
+        dev: Bdf,
+        bar: BarIndex,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Self::Error>;
+
+    /// Reads the expansion ROM image at byte `offset`.
+    fn rom_read(&mut self, dev: Bdf, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+
+    /// Whether `method` can reset this function (probe only, no reset is done).
+    fn reset_supported(&mut self, dev: Bdf, method: ResetMethod) -> bool;
+
+    /// Performs a reset. `Function` resets only `dev`; `Bus`/`Slot` reset every function
+    /// behind the same bus/slot. Errors: `EAGAIN` when the reset lock is contended,
+    /// `ENOTTY` when the method does not work for this function.
+    fn reset(&mut self, dev: Bdf, method: ResetMethod) -> Result<(), Self::Error>;
+
+    /// Allocates between 1 and `max` host vectors of `kind` and enables the mechanism in
+    /// hardware (MSI: Enable and Multiple Message Enable; MSI-X: Enable, table entries
+    /// programmed with host messages). Returns how many vectors were granted (≤ `max`).
+    fn irq_vectors_alloc(&mut self, dev: Bdf, kind: MsiKind, max: u16) -> Result<u16, Self::Error>;
+
+    /// Frees every host vector of `dev` and disables MSI/MSI-X in hardware. Never fails.
+    fn irq_vectors_free(&mut self, dev: Bdf);
+}
+
+/// An IOMMU group number as the platform names it (`/dev/vfio/<id>` on Linux).
+pub type GroupId = u32;
+
+/// An IOMMU domain (one I/O page table) as the platform names it.
+pub type DomainId = u32;
+
+/// Properties of a freshly allocated IOMMU domain (spec/02-type1.md §1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DomainInfo {
+    /// The platform's handle for the domain.
+    pub id: DomainId,
+    /// Identity of the IOMMU driver: domains may be shared only between groups of the same
+    /// `ops` and the same `enforce_coherency`.
+    pub ops: u32,
+    /// Page sizes the domain supports: bit `n` set means 2^n bytes.
+    pub pgsize_bitmap: u64,
+    /// First IOVA the domain can translate (inclusive).
+    pub aperture_start: u64,
+    /// Last IOVA the domain can translate (inclusive).
+    pub aperture_end: u64,
+    /// The domain can block non-coherent (no-snoop) DMA.
+    pub enforce_coherency: bool,
+}
+
+/// Type of a reserved IOVA region (spec/02-type1.md §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ReservedKind {
+    /// Identity-mapped region that must stay mapped (RMRR).
+    Direct,
+    /// Identity-mapped region that may be relaxed for device assignment: ignored by Type1.
+    DirectRelaxable,
+    /// Hardware MSI doorbell window.
+    Msi,
+    /// Software-managed MSI window.
+    SwMsi,
+    /// Any other reserved range.
+    Reserved,
+}
+
+/// One reserved IOVA region of a group: `[start, end]`, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ReservedRegion {
+    /// First reserved IOVA.
+    pub start: u64,
+    /// Last reserved IOVA (inclusive).
+    pub end: u64,
+    /// What the region is for.
+    pub kind: ReservedKind,
+}
+
+bitflags::bitflags! {
+    /// Access a DMA mapping grants the device (kernel `IOMMU_READ`/`IOMMU_WRITE`/`IOMMU_CACHE`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Prot: u32 {
+        /// The device may read the memory.
+        const READ = 0x1;
+        /// The device may write the memory.
+        const WRITE = 0x2;
+        /// Cache-coherent access (always set by Type1 in mainline).
+        const CACHE = 0x4;
+    }
+}
+
+/// What the platform reports about an IOMMU group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct GroupInfo {
+    /// The group has no hardware IOMMU (mdev-style "emulated IOMMU" group): Type1 tracks
+    /// its mappings but programs no domain for it.
+    pub emulated: bool,
+    /// The platform can isolate MSIs from this group (interrupt remapping).
+    pub intr_remap: bool,
+}
+
+/// The IOMMU: groups, DMA ownership, domains and translations.
+///
+/// `phys` addresses are whatever the platform maps *to*: host physical addresses on bare
+/// metal, or the pinned pages' addresses in a hosted simulator. All ranges are in bytes.
+pub trait Iommu: ErrorType {
+    /// Facts about IOMMU group `group`; `None` if the platform has no such group.
+    fn group_info(&self, group: GroupId) -> Option<GroupInfo>;
+
+    /// Whether no kernel (host) driver performs DMA through the DMA API on any device of the
+    /// group, i.e. whether VFIO could claim it (spec/01-core.md §4.1).
+    fn group_viable(&self, group: GroupId) -> bool;
+
+    /// Claims DMA ownership of the whole group for user-space assignment. Errors: `EPERM` when
+    /// a host driver does DMA in the group, `EBUSY` when a foreign domain is attached.
+    /// While claimed, the platform must refuse (`EBUSY`) binding DMA-API drivers in the group.
+    fn claim_dma_owner(&mut self, group: GroupId) -> Result<(), Self::Error>;
+
+    /// Releases a claim made by [`Iommu::claim_dma_owner`]. Never fails.
+    fn release_dma_owner(&mut self, group: GroupId);
+
+    /// Allocates a new, empty domain suitable for `group`'s IOMMU.
+    fn domain_alloc(&mut self, group: GroupId) -> Result<DomainInfo, Self::Error>;
+
+    /// Frees a domain that no group is attached to and holds no mapping.
+    fn domain_free(&mut self, domain: DomainId);
+
+    /// Attaches `group` to `domain`. Moving a group onto an existing domain fails (e.g.
+    /// `EINVAL`) when the domain's IOMMU is incompatible with the group.
+    fn attach(&mut self, domain: DomainId, group: GroupId) -> Result<(), Self::Error>;
+
+    /// Detaches `group` from `domain`. Never fails.
+    fn detach(&mut self, domain: DomainId, group: GroupId);
+
+    /// The `index`-th reserved region of `group`, or `None` past the last one.
+    fn reserved_region(&self, group: GroupId, index: usize) -> Option<ReservedRegion>;
+
+    /// Maps `[iova, iova + len)` to `[phys, phys + len)` with `prot`. The platform splits the
+    /// range into its own page sizes; it refuses (`EINVAL`) addresses or lengths that are not
+    /// multiples of the domain's minimum page size. On error nothing stays mapped.
+    fn map(
+        &mut self,
+        domain: DomainId,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Self::Error>;
+
+    /// Unmaps `[iova, iova + len)`; returns the number of bytes that were mapped there.
+    fn unmap(&mut self, domain: DomainId, iova: u64, len: u64) -> u64;
+
+    /// The physical address `iova` translates to in `domain`, or `None` when unmapped.
+    fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64>;
+}
+
+/// Kind of memory behind a pinned run (spec/02-type1.md §6.3, §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MemoryKind {
+    /// Ordinary RAM: pinned and charged against the locked-memory budget.
+    Ram,
+    /// Device memory (PFNMAP): translated, never charged.
+    Mmio,
+}
+
+/// A physically contiguous run of pinned host memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PinnedRun {
+    /// Physical address of the run's first byte.
+    pub phys: u64,
+    /// Length in bytes: a multiple of the page size, ≥ one page.
+    pub len: u64,
+    /// RAM (charged) or device memory (not charged).
+    pub kind: MemoryKind,
+}
+
+/// The calling process's address space, as the Type1 backend pins it.
+pub trait HostMemory: ErrorType {
+    /// Host page size in bytes (a power of two, typically 4096).
+    fn page_size(&self) -> u64;
+
+    /// Pins the longest physically contiguous run of one [`MemoryKind`] that starts at
+    /// `vaddr` and is at most `len` bytes long (both page aligned). `write`: the mapping
+    /// lets the device write, so the memory must be writable.
+    /// Errors: `EFAULT` when `vaddr` is not backed, or is read-only and `write` is set.
+    fn pin(&mut self, vaddr: u64, len: u64, write: bool) -> Result<PinnedRun, Self::Error>;
+
+    /// Releases a pin taken by [`HostMemory::pin`] (`len` bytes from `phys`). Never fails.
+    fn unpin(&mut self, phys: u64, len: u64);
+
+    /// Pages currently charged to the process's locked-memory count.
+    fn locked_pages(&self) -> u64;
+
+    /// The process's locked-memory limit in pages (`None` = unlimited).
+    fn lock_limit_pages(&self) -> Option<u64>;
+
+    /// Whether the process may exceed the limit (Linux `CAP_IPC_LOCK`); pages are charged
+    /// all the same.
+    fn lock_cap(&self) -> bool;
+
+    /// Adds `pages` to the locked-memory count (negative to release). Never fails: the
+    /// core checks the limit first.
+    fn charge(&mut self, pages: i64);
+}
+
+/// Where interrupts and notifications go.
+///
+/// The ABI names an event by a file descriptor number (`s32`, as in `VFIO_DEVICE_SET_IRQS`
+/// with `DATA_EVENTFD`); [`EventSink::resolve`] turns it into the platform's event token.
+pub trait EventSink {
+    /// The platform's event token (an eventfd context on Linux, a flag or queue slot on
+    /// bare metal). Copied into interrupt state; must be cheap.
+    type Event: Copy + fmt::Debug + PartialEq;
+
+    /// Resolves descriptor `fd` (≥ 0). Errors: `EBADF` when `fd` is not open, `EINVAL` when
+    /// it is open but not an event.
+    fn resolve(&mut self, fd: i32) -> Result<Self::Event, Errno>;
+
+    /// Signals `event`. Callable from interrupt context: never blocks, never allocates.
+    fn signal(&self, event: Self::Event);
+}

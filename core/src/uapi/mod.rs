@@ -1,0 +1,428 @@
+//! The Linux VFIO ABI: ioctl numbers, flag values and `#[repr(C)]` structure layouts.
+//!
+//! Source: spec/01-core.md §2–§3, §7; spec/02-type1.md §6–§10; spec/04-pci-irq.md §1;
+//! spec/05-pci-device.md §1. Every structure is little-endian, naturally aligned, and
+//! starts with `u32 argsz` and `u32 flags`. Layouts are checked against the spec's byte
+//! offsets by the unit tests below.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `VFIO_API_VERSION`: the only API version there is.
+pub const VFIO_API_VERSION: u32 = 0;
+
+/// ioctl type byte `';'`.
+pub const VFIO_TYPE: u32 = 0x3b;
+/// First ioctl number (`VFIO_BASE`).
+pub const VFIO_BASE: u32 = 100;
+
+/// Request number for VFIO ioctl `n`: `_IO(';', 100 + n)` = `0x3b00 | (100 + n)`.
+pub const fn vfio_io(n: u32) -> u32 {
+    (VFIO_TYPE << 8) | (VFIO_BASE + n)
+}
+
+/// ioctl request numbers (spec/01-core.md §2). The same number means different things on
+/// different kinds of file.
+pub mod ioctl {
+    use super::vfio_io;
+    /// Container: `VFIO_GET_API_VERSION`.
+    pub const GET_API_VERSION: u32 = vfio_io(0);
+    /// Container: `VFIO_CHECK_EXTENSION` (integer argument).
+    pub const CHECK_EXTENSION: u32 = vfio_io(1);
+    /// Container: `VFIO_SET_IOMMU` (integer argument).
+    pub const SET_IOMMU: u32 = vfio_io(2);
+    /// Group: `VFIO_GROUP_GET_STATUS`.
+    pub const GROUP_GET_STATUS: u32 = vfio_io(3);
+    /// Group: `VFIO_GROUP_SET_CONTAINER` (pointer to an `s32` container fd).
+    pub const GROUP_SET_CONTAINER: u32 = vfio_io(4);
+    /// Group: `VFIO_GROUP_UNSET_CONTAINER`.
+    pub const GROUP_UNSET_CONTAINER: u32 = vfio_io(5);
+    /// Group: `VFIO_GROUP_GET_DEVICE_FD` (pointer to a NUL-terminated name).
+    pub const GROUP_GET_DEVICE_FD: u32 = vfio_io(6);
+    /// Device: `VFIO_DEVICE_GET_INFO`.
+    pub const DEVICE_GET_INFO: u32 = vfio_io(7);
+    /// Device: `VFIO_DEVICE_GET_REGION_INFO`.
+    pub const DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
+    /// Device: `VFIO_DEVICE_GET_IRQ_INFO`.
+    pub const DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
+    /// Device: `VFIO_DEVICE_SET_IRQS`.
+    pub const DEVICE_SET_IRQS: u32 = vfio_io(10);
+    /// Device: `VFIO_DEVICE_RESET` (no argument).
+    pub const DEVICE_RESET: u32 = vfio_io(11);
+    /// Container (Type1): `VFIO_IOMMU_GET_INFO`; device: `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`.
+    pub const IOMMU_GET_INFO: u32 = vfio_io(12);
+    /// Device: `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` (same number as `IOMMU_GET_INFO`).
+    pub const DEVICE_GET_PCI_HOT_RESET_INFO: u32 = vfio_io(12);
+    /// Container (Type1): `VFIO_IOMMU_MAP_DMA`; device: `VFIO_DEVICE_PCI_HOT_RESET`.
+    pub const IOMMU_MAP_DMA: u32 = vfio_io(13);
+    /// Device: `VFIO_DEVICE_PCI_HOT_RESET` (same number as `IOMMU_MAP_DMA`).
+    pub const DEVICE_PCI_HOT_RESET: u32 = vfio_io(13);
+    /// Container (Type1): `VFIO_IOMMU_UNMAP_DMA`.
+    pub const IOMMU_UNMAP_DMA: u32 = vfio_io(14);
+    /// Container (Type1v2): `VFIO_IOMMU_DIRTY_PAGES`; device: `VFIO_DEVICE_FEATURE`.
+    pub const IOMMU_DIRTY_PAGES: u32 = vfio_io(17);
+    /// Device: `VFIO_DEVICE_IOEVENTFD`.
+    pub const DEVICE_IOEVENTFD: u32 = vfio_io(16);
+}
+
+/// Extension and IOMMU-type identifiers for `CHECK_EXTENSION` / `SET_IOMMU`
+/// (spec/01-core.md §2).
+pub mod extension {
+    /// Type1, v1 unmap semantics.
+    pub const TYPE1_IOMMU: u32 = 1;
+    /// POWER sPAPR TCE (not implemented).
+    pub const SPAPR_TCE_IOMMU: u32 = 2;
+    /// Type1, v2 semantics.
+    pub const TYPE1V2_IOMMU: u32 = 3;
+    /// Query: every IOMMU domain enforces cache-coherent DMA.
+    pub const DMA_CC_IOMMU: u32 = 4;
+    /// POWER EEH (not implemented).
+    pub const EEH: u32 = 5;
+    /// Retired Type1 nesting (answers 0).
+    pub const TYPE1_NESTING_IOMMU: u32 = 6;
+    /// sPAPR TCE v2 (not implemented).
+    pub const SPAPR_TCE_V2_IOMMU: u32 = 7;
+    /// Unsafe no-IOMMU mode (not implemented).
+    pub const NOIOMMU_IOMMU: u32 = 8;
+    /// Type1 supports `VFIO_DMA_UNMAP_FLAG_ALL`.
+    pub const UNMAP_ALL: u32 = 9;
+    /// Type1 supports the VADDR map/unmap flags.
+    pub const UPDATE_VADDR: u32 = 10;
+}
+
+/// `struct vfio_group_status` flags (spec/01-core.md §7.2.1).
+pub mod group_flags {
+    /// The group is viable.
+    pub const VIABLE: u32 = 1 << 0;
+    /// The group is attached to a container.
+    pub const CONTAINER_SET: u32 = 1 << 1;
+}
+
+/// `struct vfio_device_info` flags (spec/01-core.md §7.3.1).
+pub mod device_flags {
+    /// The device supports `VFIO_DEVICE_RESET`.
+    pub const RESET: u32 = 1 << 0;
+    /// vfio-pci device.
+    pub const PCI: u32 = 1 << 1;
+    /// vfio-platform device.
+    pub const PLATFORM: u32 = 1 << 2;
+    /// vfio-amba device.
+    pub const AMBA: u32 = 1 << 3;
+    /// vfio-ccw device.
+    pub const CCW: u32 = 1 << 4;
+    /// vfio-ap device.
+    pub const AP: u32 = 1 << 5;
+    /// vfio-fsl-mc device.
+    pub const FSL_MC: u32 = 1 << 6;
+    /// Capabilities follow the structure.
+    pub const CAPS: u32 = 1 << 7;
+    /// vfio-cdx device.
+    pub const CDX: u32 = 1 << 8;
+}
+
+/// `struct vfio_region_info` flags (spec/01-core.md §7.3.2).
+pub mod region_flags {
+    /// The region can be read.
+    pub const READ: u32 = 1 << 0;
+    /// The region can be written.
+    pub const WRITE: u32 = 1 << 1;
+    /// The region can be mmapped.
+    pub const MMAP: u32 = 1 << 2;
+    /// Capabilities follow the structure.
+    pub const CAPS: u32 = 1 << 3;
+}
+
+/// Region-info capability ids (the region-info id space, spec/01-core.md §7.3.2).
+pub mod region_cap {
+    /// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`: u32 nr_areas, u32 reserved, {u64 offset, u64 size}×n.
+    pub const SPARSE_MMAP: u16 = 1;
+    /// `VFIO_REGION_INFO_CAP_TYPE`: u32 type, u32 subtype.
+    pub const TYPE: u16 = 2;
+    /// `VFIO_REGION_INFO_CAP_MSIX_MAPPABLE`: header only.
+    pub const MSIX_MAPPABLE: u16 = 3;
+}
+
+/// `struct vfio_irq_info` flags (spec/01-core.md §7.3.3).
+pub mod irq_info_flags {
+    /// The index signals through eventfds.
+    pub const EVENTFD: u32 = 1 << 0;
+    /// The index supports MASK/UNMASK.
+    pub const MASKABLE: u32 = 1 << 1;
+    /// The index masks itself when it fires (level-triggered INTx).
+    pub const AUTOMASKED: u32 = 1 << 2;
+    /// The vector count cannot change while enabled.
+    pub const NORESIZE: u32 = 1 << 3;
+}
+
+/// `struct vfio_irq_set` flags (spec/01-core.md §7.3.4).
+pub mod irq_set_flags {
+    /// No data.
+    pub const DATA_NONE: u32 = 1 << 0;
+    /// `u8` per vector.
+    pub const DATA_BOOL: u32 = 1 << 1;
+    /// `s32` eventfd per vector (−1 = de-assign).
+    pub const DATA_EVENTFD: u32 = 1 << 2;
+    /// Mask the vectors.
+    pub const ACTION_MASK: u32 = 1 << 3;
+    /// Unmask the vectors.
+    pub const ACTION_UNMASK: u32 = 1 << 4;
+    /// Trigger (or with EVENTFD: set the trigger of) the vectors.
+    pub const ACTION_TRIGGER: u32 = 1 << 5;
+    /// Mask of the data-type bits.
+    pub const DATA_TYPE_MASK: u32 = 0x7;
+    /// Mask of the action bits.
+    pub const ACTION_TYPE_MASK: u32 = 0x38;
+}
+
+/// vfio-pci IRQ indexes (spec/04-pci-irq.md §1.3).
+pub mod irq_index {
+    /// Legacy INTx.
+    pub const INTX: u32 = 0;
+    /// MSI.
+    pub const MSI: u32 = 1;
+    /// MSI-X.
+    pub const MSIX: u32 = 2;
+    /// AER error notification.
+    pub const ERR: u32 = 3;
+    /// Device release request.
+    pub const REQ: u32 = 4;
+    /// Number of vfio-pci IRQ indexes.
+    pub const NUM: u32 = 5;
+}
+
+/// vfio-pci region indexes (spec/01-core.md §7.3.2).
+pub mod region_index {
+    /// BAR0; BARn is `BAR0 + n`.
+    pub const BAR0: u32 = 0;
+    /// BAR5.
+    pub const BAR5: u32 = 5;
+    /// Expansion ROM.
+    pub const ROM: u32 = 6;
+    /// Config space.
+    pub const CONFIG: u32 = 7;
+    /// Legacy VGA (0xa0000 MMIO + 0x3b0/0x3c0 I/O).
+    pub const VGA: u32 = 8;
+    /// Number of fixed vfio-pci regions.
+    pub const NUM: u32 = 9;
+    /// A region's offset in the device file is `index << OFFSET_SHIFT`.
+    pub const OFFSET_SHIFT: u32 = 40;
+}
+
+/// Type1 MAP_DMA flags (spec/02-type1.md §6.1).
+pub mod dma_map_flags {
+    /// The device may read.
+    pub const READ: u32 = 1 << 0;
+    /// The device may write.
+    pub const WRITE: u32 = 1 << 1;
+    /// Update the vaddr of an invalidated mapping.
+    pub const VADDR: u32 = 1 << 2;
+}
+
+/// Type1 UNMAP_DMA flags (spec/02-type1.md §7.1).
+pub mod dma_unmap_flags {
+    /// Return the dirty bitmap of the unmapped range.
+    pub const GET_DIRTY_BITMAP: u32 = 1 << 0;
+    /// Unmap everything (`iova` and `size` must be 0).
+    pub const ALL: u32 = 1 << 1;
+    /// Invalidate the vaddr instead of unmapping.
+    pub const VADDR: u32 = 1 << 2;
+}
+
+/// `struct vfio_group_status` (8 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct GroupStatus {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// Out: [`group_flags`].
+    pub flags: u32,
+}
+
+/// `struct vfio_info_cap_header` (8 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct InfoCapHeader {
+    /// Capability id (per-ioctl id space).
+    pub id: u16,
+    /// Layout version.
+    pub version: u16,
+    /// Offset of the next capability from the start of the whole info buffer; 0 = last.
+    pub next: u32,
+}
+
+/// `struct vfio_device_info` (24 bytes since Linux 6.6).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DeviceInfo {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// Out: [`device_flags`].
+    pub flags: u32,
+    /// Out: highest region index + 1.
+    pub num_regions: u32,
+    /// Out: highest IRQ index + 1.
+    pub num_irqs: u32,
+    /// Out: offset of the first capability from the buffer start (0 = none).
+    pub cap_offset: u32,
+    /// Out: zero.
+    pub pad: u32,
+}
+
+/// `struct vfio_region_info` (32 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct RegionInfo {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// Out: [`region_flags`].
+    pub flags: u32,
+    /// In: region index.
+    pub index: u32,
+    /// Out: offset of the first capability from the buffer start (0 = none).
+    pub cap_offset: u32,
+    /// Out: region size in bytes (0 = unimplemented region).
+    pub size: u64,
+    /// Out: offset of the region in the device file, in bytes.
+    pub offset: u64,
+}
+
+/// `struct vfio_irq_info` (16 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct IrqInfo {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// Out: [`irq_info_flags`].
+    pub flags: u32,
+    /// In: IRQ index.
+    pub index: u32,
+    /// Out: number of vectors (0 = unimplemented index).
+    pub count: u32,
+}
+
+/// `struct vfio_irq_set` header (20 bytes, followed by `count` data elements).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct IrqSet {
+    /// Size of the caller's buffer, header plus data.
+    pub argsz: u32,
+    /// [`irq_set_flags`]: one data type and one action.
+    pub flags: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// First vector.
+    pub start: u32,
+    /// Number of vectors.
+    pub count: u32,
+}
+
+/// `struct vfio_iommu_type1_info` (24 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct Type1Info {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// Out: `PGSIZES` 0x1 | `CAPS` 0x2.
+    pub flags: u32,
+    /// Out: supported IOMMU page sizes (bit n = 2^n bytes).
+    pub iova_pgsizes: u64,
+    /// Out: offset of the first capability from the buffer start.
+    pub cap_offset: u32,
+    /// Out: zero.
+    pub pad: u32,
+}
+
+/// `struct vfio_iommu_type1_dma_map` (32 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DmaMap {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// [`dma_map_flags`].
+    pub flags: u32,
+    /// Process virtual address of the memory to map.
+    pub vaddr: u64,
+    /// Device address (IOVA) of the first byte.
+    pub iova: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// `struct vfio_iommu_type1_dma_unmap` (24 bytes, optionally followed by a [`Bitmap`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DmaUnmap {
+    /// Size of the caller's buffer.
+    pub argsz: u32,
+    /// [`dma_unmap_flags`].
+    pub flags: u32,
+    /// First IOVA of the range.
+    pub iova: u64,
+    /// In: range length in bytes; out: bytes unmapped.
+    pub size: u64,
+}
+
+/// `struct vfio_bitmap` (24 bytes).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct Bitmap {
+    /// Page size one bit stands for, in bytes.
+    pub pgsize: u64,
+    /// Size of the bitmap buffer in bytes.
+    pub size: u64,
+    /// Address of the caller's bitmap buffer.
+    pub data: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn ioctl_numbers_match_the_spec_table() {
+        assert_eq!(ioctl::GET_API_VERSION, 0x3b64);
+        assert_eq!(ioctl::GROUP_GET_DEVICE_FD, 0x3b6a);
+        assert_eq!(ioctl::DEVICE_RESET, 0x3b6f);
+        assert_eq!(ioctl::IOMMU_UNMAP_DMA, 0x3b72);
+        assert_eq!(ioctl::IOMMU_DIRTY_PAGES, 0x3b75);
+    }
+
+    #[test]
+    fn structure_layouts_match_the_spec() {
+        assert_eq!(size_of::<GroupStatus>(), 8);
+        assert_eq!(size_of::<InfoCapHeader>(), 8);
+        assert_eq!(size_of::<DeviceInfo>(), 24);
+        assert_eq!(offset_of!(DeviceInfo, cap_offset), 16);
+        assert_eq!(size_of::<RegionInfo>(), 32);
+        assert_eq!(offset_of!(RegionInfo, size), 16);
+        assert_eq!(offset_of!(RegionInfo, offset), 24);
+        assert_eq!(size_of::<IrqInfo>(), 16);
+        assert_eq!(size_of::<IrqSet>(), 20);
+        assert_eq!(size_of::<Type1Info>(), 24);
+        assert_eq!(offset_of!(Type1Info, cap_offset), 16);
+        assert_eq!(size_of::<DmaMap>(), 32);
+        assert_eq!(offset_of!(DmaMap, size), 24);
+        assert_eq!(size_of::<DmaUnmap>(), 24);
+        assert_eq!(size_of::<Bitmap>(), 24);
+    }
+}
