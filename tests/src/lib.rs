@@ -7,4 +7,6 @@
 //! * [`report`]: one line per case and the closing `N passed, N failed` line.
 
 pub mod fixture;
+pub mod registry;
+pub mod runner;
 pub mod value;
