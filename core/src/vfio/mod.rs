@@ -1037,3 +1037,6 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             .map(|d| self.groups[self.devices[d].group as usize].id)
     }
 }
+
+#[cfg(test)]
+mod tests;
