@@ -4,7 +4,15 @@
 //!   process's host memory and a template bus driver — reusable by any test.
 //! * [`value`]: number, flag and errno parsing rules of the case schema.
 //! * [`runner`]: loads case files, builds each case's starting state and runs its steps.
-//! * [`report`]: one line per case and the closing `N passed, N failed` line.
+//!   Reports are one line per case plus the closing `N passed, N failed` line
+//!   ([`runner::Totals`]).
+//! * [`registry`]: the system under test — `vfio_core::vfio::Vfio` over the fixture
+//!   platform — behind the runner's [`runner::Machine`] interface.
+//!
+//! Run the cases with `cargo run -p vfio-tests --bin spec-cases -- [--only PREFIX] FILE...`
+//! or `cargo test -p vfio-tests --test spec_cases -- --nocapture`.
+
+#![deny(missing_docs)]
 
 pub mod fixture;
 pub mod registry;
