@@ -1033,3 +1033,8 @@ fn byte_permissions_describe_owners() {
     assert_eq!((p.owner, p.virt, p.write), ("MSI-X", 0, 0));
     assert!(s.config().byte_permission(0x1000).is_none());
 }
+
+#[test]
+fn config_state_fits_the_memory_budget() {
+    assert!(core::mem::size_of::<ConfigSpace>() <= 4608);
+}
