@@ -129,6 +129,57 @@ pub struct MsixInfo {
     pub table_bytes: u32,
 }
 
+/// Why a capability chain was cut while building the config state (spec/03 §1.3–§1.4:
+/// the walk is bounded; a malformed chain is cut, never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ChainDefectKind {
+    /// The pointer leads back to a capability already visited (the chain loops).
+    Loop,
+    /// The pointer lies outside the capability area (below 0x40 or 0x100, past the config
+    /// size, or misaligned for an extended capability).
+    OutOfRange,
+    /// The walk reached its bound (48 standard, 480 extended capabilities).
+    TooLong,
+    /// The capability table is full ([`CAP_TABLE_CAPACITY`] entries).
+    TableFull,
+}
+
+/// Where and why a capability chain was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ChainDefect {
+    /// What was wrong.
+    pub kind: ChainDefectKind,
+    /// Standard or extended list.
+    pub space: CapSpace,
+    /// Config offset of the pointer that was not followed (0x34, a capability's next
+    /// byte, or an extended header).
+    pub from: u16,
+    /// The offset it pointed to.
+    pub to: u16,
+}
+
+impl core::fmt::Display for ChainDefect {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let list = match self.space {
+            CapSpace::Standard => "standard",
+            CapSpace::Extended => "extended",
+        };
+        let what = match self.kind {
+            ChainDefectKind::Loop => "loops back to an earlier capability",
+            ChainDefectKind::OutOfRange => "points outside the capability area",
+            ChainDefectKind::TooLong => "exceeds the walk bound",
+            ChainDefectKind::TableFull => "overflows the capability table",
+        };
+        write!(
+            f,
+            "{list} capability chain {what}: pointer at {:#05x} -> {:#05x}",
+            self.from, self.to
+        )
+    }
+}
+
 /// Per-open-device config state: virtual copy, capability table, BAR save area.
 #[derive(Debug, Clone)]
 pub struct ConfigSpace {
@@ -137,7 +188,7 @@ pub struct ConfigSpace {
     size: u16,
     rbar: [u32; 7],
     bardirty: bool,
-    truncated: bool,
+    defect: Option<ChainDefect>,
     msi: Option<(u16, u16)>,
     msix: Option<MsixInfo>,
     /// `ceil(log2(nvec))` of the last MSI enable (spec/03 §6.4), 0 before.
@@ -214,7 +265,7 @@ impl ConfigSpace {
             size: 0,
             rbar: [0; 7],
             bardirty: false,
-            truncated: false,
+            defect: None,
             msi: None,
             msix: None,
             msi_qmax: 0,
@@ -242,7 +293,12 @@ impl ConfigSpace {
     /// Whether a capability chain was cut (loop, out-of-range pointer, walk bound or full
     /// table) while building.
     pub const fn truncated(&self) -> bool {
-        self.truncated
+        self.defect.is_some()
+    }
+
+    /// The first capability-chain defect found while building, if any.
+    pub const fn defect(&self) -> Option<ChainDefect> {
+        self.defect
     }
 
     /// MSI capability offset and hardware Message Control read at open.
@@ -414,6 +470,17 @@ impl ConfigSpace {
         Ok(())
     }
 
+    fn note_defect(&mut self, kind: ChainDefectKind, space: CapSpace, from: u16, to: u16) {
+        if self.defect.is_none() {
+            self.defect = Some(ChainDefect {
+                kind,
+                space,
+                from,
+                to,
+            });
+        }
+    }
+
     fn insert(&mut self, e: CapEntry) -> bool {
         let idx = self.caps.partition_point(|c| c.offset <= e.offset);
         self.caps.insert(idx, e).is_ok()
@@ -441,14 +508,19 @@ impl ConfigSpace {
         let mut kept = 0usize;
         let mut steps = 0usize;
         while pos != 0 {
-            if steps >= MAX_STANDARD_CAPS
-                || pos < 0x40
-                || pos + 2 > limit
-                || bit(&mut visited, usize::from(pos))
-            {
+            let kind = if steps >= MAX_STANDARD_CAPS {
+                Some(ChainDefectKind::TooLong)
+            } else if pos < 0x40 || pos + 2 > limit {
+                Some(ChainDefectKind::OutOfRange)
+            } else if bit(&mut visited, usize::from(pos)) {
+                Some(ChainDefectKind::Loop)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
                 // Cut the user's chain here (never follow a loop or leave the space).
                 self.vset(prev, 1, 0);
-                self.truncated = true;
+                self.note_defect(kind, CapSpace::Standard, prev, pos);
                 break;
             }
             steps += 1;
@@ -481,7 +553,7 @@ impl ConfigSpace {
                 };
                 if !self.insert(entry) {
                     self.vset(prev, 1, 0);
-                    self.truncated = true;
+                    self.note_defect(ChainDefectKind::TableFull, CapSpace::Standard, prev, pos);
                     break;
                 }
                 self.copy_phys(acc, bdf, pos, len)?;
@@ -666,15 +738,20 @@ impl ConfigSpace {
         let mut kept = 0usize;
         let mut steps = 0usize;
         while epos >= 0x100 {
-            if steps >= ttl
-                || epos % 4 != 0
-                || u32::from(epos) + 4 > u32::from(self.size)
-                || bit(&mut visited, usize::from(epos / 4))
-            {
+            let kind = if steps >= ttl {
+                Some(ChainDefectKind::TooLong)
+            } else if epos % 4 != 0 || u32::from(epos) + 4 > u32::from(self.size) {
+                Some(ChainDefectKind::OutOfRange)
+            } else if bit(&mut visited, usize::from(epos / 4)) {
+                Some(ChainDefectKind::Loop)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
                 if let Some(p) = prev {
                     self.patch_ext_next(p, 0);
                 }
-                self.truncated = true;
+                self.note_defect(kind, CapSpace::Extended, prev.unwrap_or(0x100), epos);
                 break;
             }
             steps += 1;
@@ -726,7 +803,8 @@ impl ConfigSpace {
                     if let Some(p) = prev {
                         self.patch_ext_next(p, 0);
                     }
-                    self.truncated = true;
+                    let from = prev.unwrap_or(0x100);
+                    self.note_defect(ChainDefectKind::TableFull, CapSpace::Extended, from, epos);
                     break;
                 }
                 self.copy_phys(acc, bdf, epos, len)?;

@@ -31,8 +31,8 @@ mod perm;
 mod tests;
 
 pub use config::{
-    BytePermission, CapEntry, CapSpace, CapVisibility, ConfigSpace, MsixInfo, Owner,
-    CAP_TABLE_CAPACITY, CONFIG_SPACE_MAX, MAX_EXTENDED_CAPS, MAX_STANDARD_CAPS,
+    BytePermission, CapEntry, CapSpace, CapVisibility, ChainDefect, ChainDefectKind, ConfigSpace,
+    MsixInfo, Owner, CAP_TABLE_CAPACITY, CONFIG_SPACE_MAX, MAX_EXTENDED_CAPS, MAX_STANDARD_CAPS,
 };
 pub use perm::{cap_name, policy_for, Policy, RegPerm};
 

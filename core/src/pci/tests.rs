@@ -376,6 +376,9 @@ fn looping_capability_chain_is_cut() {
     m.put(0x48, &[0x01, 0x40]);
     let (mut d, mut s) = open(m);
     assert!(s.config().truncated());
+    let defect = s.config().defect().unwrap();
+    assert_eq!(defect.kind, ChainDefectKind::Loop);
+    assert_eq!((defect.from, defect.to), (0x49, 0x40));
     assert_eq!(rd(&mut d, &mut s, 0x49, 1), 0);
 }
 
@@ -385,6 +388,9 @@ fn capability_pointer_below_0x40_is_cut() {
     m.cfg[0x34] = 0x20;
     let (mut d, mut s) = open(m);
     assert!(s.config().truncated());
+    let defect = s.config().defect().unwrap();
+    assert_eq!(defect.kind, ChainDefectKind::OutOfRange);
+    assert_eq!((defect.from, defect.to), (0x34, 0x20));
     assert_eq!(rd(&mut d, &mut s, 0x34, 1), 0);
     assert_eq!(rd(&mut d, &mut s, 0x10, 4), 0xFE00_0000, "BARs untouched");
 }
