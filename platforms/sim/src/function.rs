@@ -508,7 +508,8 @@ impl SimFunction {
     ///
     /// Accepted: 256-byte (conventional) and 4096-byte (extended) images of a type-0
     /// header with a real vendor ID. A 4096-byte image whose extended space reads all-ones
-    /// at 0x100 or aliases the first 256 bytes is treated as a 256-byte config space. The
+    /// at 0x100, or aliases the first 256 bytes (dword 0 repeats at every multiple of 256,
+    /// Linux `pci_ext_cfg_is_aliased`), is treated as a 256-byte config space. The
     /// capability chains are *not* validated: a looping or out-of-range chain is kept as
     /// is, for the core's bounded walk to refuse.
     ///
@@ -550,9 +551,10 @@ impl SimFunction {
         }
         let mut size = len;
         if len == CONFIG_SIZE_EXTENDED {
-            let ext = bytes.get(0x100..0x200).unwrap_or(&[]);
-            let base = bytes.get(0..0x100).unwrap_or(&[]);
-            if read_le(bytes, 0x100, 4) == 0xffff_ffff || ext == base {
+            // Linux `pci_ext_cfg_is_aliased`: dword 0 repeats every 256 bytes.
+            let id = read_le(bytes, 0, 4);
+            let aliased = (1..16).all(|k| read_le(bytes, 0x100 * k, 4) == id);
+            if read_le(bytes, 0x100, 4) == 0xffff_ffff || aliased {
                 size = CONFIG_SIZE_CONVENTIONAL;
             }
         }
@@ -645,7 +647,11 @@ impl SimFunction {
     fn set_mask(v: &mut [u8], offset: usize, len: usize, mask: u64) {
         for i in 0..len {
             if let Some(b) = v.get_mut(offset + i) {
-                *b = ((mask >> (8 * i)) & 0xff) as u8;
+                *b = match mask.checked_shr(8 * i as u32) {
+                    Some(m) if i < 8 => (m & 0xff) as u8,
+                    _ if mask == u64::MAX => 0xff,
+                    _ => 0,
+                };
             }
         }
     }
