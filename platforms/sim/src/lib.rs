@@ -23,6 +23,34 @@
 //!
 //! Every error is a [`vfio_core::Errno`] (or a descriptive [`ImageError`]); no input
 //! panics.
+//!
+//! # Example
+//!
+//! ```
+//! use vfio_core::platform::{Bdf, Iommu, Prot};
+//! use vfio_sim::{corpus, Backing, FaultReason, SimMachine};
+//!
+//! let machine = SimMachine::new();
+//! let dev = Bdf::parse("0000:03:00.0").unwrap();
+//! let sas = corpus::load("1000-0072-sas2008.bin").unwrap();
+//! machine.add_function(dev, sas, 7).unwrap();
+//!
+//! // What the core does for VFIO_GROUP_SET_CONTAINER + VFIO_IOMMU_MAP_DMA:
+//! let mut iommu = machine.iommu();
+//! iommu.claim_dma_owner(7).unwrap();
+//! let domain = iommu.domain_alloc(7).unwrap();
+//! iommu.attach(domain.id, 7).unwrap();
+//! let phys = machine.alloc(0x7f00_0000_0000, 0x1000, Backing::Ram).unwrap();
+//! iommu.map(domain.id, 0x1000, phys, 0x1000, Prot::READ | Prot::WRITE).unwrap();
+//!
+//! // The device writes through the IOMMU; an unmapped IOVA faults.
+//! machine.dma_write(dev, 0x1000, b"done").unwrap();
+//! let mut buf = [0u8; 4];
+//! machine.read_virt(0x7f00_0000_0000, &mut buf).unwrap();
+//! assert_eq!(&buf, b"done");
+//! let fault = machine.dma_write(dev, 0x2000, b"oops").unwrap_err();
+//! assert_eq!(fault.reason, FaultReason::Unmapped);
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]

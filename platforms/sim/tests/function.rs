@@ -376,3 +376,48 @@ fn msi_and_msix_enable_program_config_space() {
         "no MSI capability"
     );
 }
+
+#[test]
+fn every_corpus_bar_sizes_like_hardware_and_holds_its_msix_table() {
+    for e in corpus::entries() {
+        let Ok(mut f) = corpus::load(&e.file) else {
+            continue;
+        };
+        for bar in 0..6u8 {
+            let spec = f.bar_spec(bar).unwrap();
+            if spec.size == 0 {
+                continue;
+            }
+            let at = 0x10 + 4 * u16::from(bar);
+            let before = cfg(&f, at, Width::Dword);
+            f.config_write(at, Width::Dword, 0xffff_ffff).unwrap();
+            let flags = if spec.kind == BarKind::Io { 0x3 } else { 0xf };
+            let mask = (!(spec.size - 1) as u32) & !flags;
+            assert_eq!(
+                cfg(&f, at, Width::Dword),
+                mask | (before & flags),
+                "{} BAR{bar}",
+                e.file
+            );
+            f.config_write(at, Width::Dword, before).unwrap();
+            assert_eq!(
+                cfg(&f, at, Width::Dword),
+                before,
+                "{} BAR{bar} restore",
+                e.file
+            );
+        }
+        if let Some(m) = f.msix_layout() {
+            let table = f.bar_spec(m.table_bar).filter(|s| s.size != 0);
+            if let Some(spec) = table {
+                let end = u64::from(m.table_offset) + u64::from(m.entries) * 16;
+                assert!(
+                    end <= spec.size,
+                    "{}: MSI-X table fits BAR{}",
+                    e.file,
+                    m.table_bar
+                );
+            }
+        }
+    }
+}
