@@ -132,16 +132,26 @@ fn random_iommu_calls_never_panic() {
         let d = (rng.next() % 4) as u32;
         let g = (rng.next() % 3) as u32;
         match rng.next() % 8 {
-            0 => drop(iommu.claim_dma_owner(g)),
-            1 => drop(iommu.domain_alloc(g)),
-            2 => drop(iommu.attach(d, g)),
+            0 => {
+                let _ = iommu.claim_dma_owner(g);
+            }
+            1 => {
+                let _ = iommu.domain_alloc(g);
+            }
+            2 => {
+                let _ = iommu.attach(d, g);
+            }
             3 => iommu.detach(d, g),
             4 => {
                 let (a, b, c) = (rng.pick(&values), rng.pick(&values), rng.pick(&values));
-                drop(iommu.map(d, a, b, c, Prot::READ))
+                let _ = iommu.map(d, a, b, c, Prot::READ);
             }
-            5 => drop(iommu.unmap(d, rng.pick(&values), rng.pick(&values))),
-            6 => drop(iommu.iova_to_phys(d, rng.pick(&values))),
+            5 => {
+                let _ = iommu.unmap(d, rng.pick(&values), rng.pick(&values));
+            }
+            6 => {
+                let _ = iommu.iova_to_phys(d, rng.pick(&values));
+            }
             _ => iommu.domain_free(d),
         }
         let _ = m.dma_write(Bdf::new(0, 1, 0, 0).unwrap(), rng.pick(&values), &[1, 2]);
