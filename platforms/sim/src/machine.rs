@@ -320,6 +320,9 @@ impl SimMachine {
     }
 
     /// Runs `f` on the function at `bdf` (e.g. to poke hardware state behind VFIO's back).
+    ///
+    /// `f` runs while the machine is borrowed: it must not call back into the machine or
+    /// its handles (that would panic on the `RefCell`).
     pub fn with_function<R>(&self, bdf: Bdf, f: impl FnOnce(&mut SimFunction) -> R) -> Option<R> {
         let mut s = self.state.borrow_mut();
         s.functions.get_mut(&bdf).map(|slot| f(&mut slot.func))
