@@ -349,8 +349,19 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     // ------------------------------------------------------------------ open / close
 
-    fn do_open(&mut self, state: &mut PciDevice<E::Event>) -> Result<()> {
-        let bdf = state.bdf;
+    /// vfio-pci's probe: decides whether function `bdf` can be bound to vfio-pci and
+    /// returns its (closed) device state for [`crate::vfio::Vfio::register_device`].
+    ///
+    /// # Errors
+    /// `ENODEV` when no function answers (vendor ID 0xffff or 0, or a config space smaller
+    /// than the 64-byte header); `EINVAL` for any header type but 0 (bridges and CardBus
+    /// bridges are never assigned); the platform's error when config space cannot be read.
+    pub fn probe(&mut self, bdf: Bdf) -> Result<PciDevice<E::Event>> {
+        self.check_function(bdf).map(|_| PciDevice::new(bdf))
+    }
+
+    /// Checks that a type-0 function answers at `bdf`; returns its config size in bytes.
+    fn check_function(&mut self, bdf: Bdf) -> Result<u16> {
         let size = perr(self.access.config_size(bdf))?;
         if size < 0x40 {
             return Err(Errno::ENODEV);
@@ -363,6 +374,12 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         if header & 0x7F != 0 {
             return Err(Errno::EINVAL);
         }
+        Ok(size)
+    }
+
+    fn do_open(&mut self, state: &mut PciDevice<E::Event>) -> Result<()> {
+        let bdf = state.bdf;
+        let size = self.check_function(bdf)?;
         // Step 2: clear bus mastering before anything is saved.
         let command = perr(self.access.config_read(bdf, 0x04, Width::Word))? as u16;
         state.saved_command = command & !CMD_MASTER;

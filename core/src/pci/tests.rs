@@ -1044,3 +1044,17 @@ fn byte_permissions_describe_owners() {
 fn config_state_fits_the_memory_budget() {
     assert!(core::mem::size_of::<ConfigSpace>() <= 4608);
 }
+
+#[test]
+fn probe_refuses_bridges_and_absent_functions() {
+    let mut m = MockPci::standard();
+    m.cfg[0x0E] = 0x01;
+    let mut d = PciDriver::new(m, MockEvents::default());
+    assert_eq!(d.probe(bdf()).map(|_| ()), Err(Errno::EINVAL));
+    d.access_mut().cfg[0x0E] = 0x82;
+    assert_eq!(d.probe(bdf()).map(|_| ()), Err(Errno::EINVAL));
+    d.access_mut().cfg[0x0E] = 0x80;
+    assert!(d.probe(bdf()).is_ok(), "multi-function type-0 is fine");
+    d.access_mut().cfg[0..2].copy_from_slice(&[0xFF, 0xFF]);
+    assert_eq!(d.probe(bdf()).map(|_| ()), Err(Errno::ENODEV));
+}
