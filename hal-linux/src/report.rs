@@ -34,11 +34,6 @@ impl Report {
         }
     }
 
-    /// Whether the report is JSON.
-    pub fn is_json(&self) -> bool {
-        self.json
-    }
-
     /// Records a successful step; `text` lines are printed under its title in text mode.
     pub fn ok(&mut self, title: &str, details: Value, text: &[String]) {
         self.push(title, "ok", details, text);

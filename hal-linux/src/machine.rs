@@ -1,0 +1,114 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The simulated machine a session runs on: real devices' config-space images placed at
+//! BDFs in IOMMU groups, with host-driver bindings.
+
+use std::path::Path;
+
+use vfio_core::platform::{Bdf, GroupId};
+use vfio_sim::{corpus, Binding, SimFunction, SimMachine};
+
+/// One function of the machine as the session describes it.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// Where it sits.
+    pub bdf: Bdf,
+    /// Its IOMMU group.
+    pub group: GroupId,
+    /// Which host driver is bound ("vfio-pci", or a host driver's name).
+    pub driver: &'static str,
+    /// Where the config image came from and what it is.
+    pub description: String,
+    /// The function the session assigns.
+    pub assign: bool,
+}
+
+/// The built-in machine: three real devices.
+///
+/// * `0000:01:00.0` Micron 3400 NVMe SSD (MSI-X, PCIe), group 1, bound to vfio-pci: the
+///   device the session assigns.
+/// * `0000:02:00.0` NVIDIA GT218 GPU and `0000:02:00.1` its HDA audio function, group 2:
+///   the GPU is bound to vfio-pci but the audio function to a host driver
+///   (`snd_hda_intel`), so group 2 is not viable.
+const BUILT_IN: &[(&str, &str, GroupId, &str, bool)] = &[
+    (
+        "0000:01:00.0",
+        "1344-5407-micron-3400-nvme.bin",
+        1,
+        "vfio-pci",
+        true,
+    ),
+    (
+        "0000:02:00.0",
+        "10de-0a65-gt218-geforce210.bin",
+        2,
+        "vfio-pci",
+        false,
+    ),
+    (
+        "0000:02:00.1",
+        "10de-0be3-gt218-hda.bin",
+        2,
+        "snd_hda_intel",
+        false,
+    ),
+];
+
+/// Builds the built-in machine.
+///
+/// # Errors
+/// A message naming the image that could not be loaded.
+pub fn built_in() -> Result<(SimMachine, Vec<Placed>), String> {
+    let machine = SimMachine::new();
+    let entries = corpus::entries();
+    let mut placed = Vec::new();
+    for &(name, file, group, driver, assign) in BUILT_IN {
+        let bdf = Bdf::parse(name).ok_or_else(|| format!("bad built-in BDF {name}"))?;
+        let function = corpus::load(file).map_err(|e| format!("corpus image {file}: {e}"))?;
+        machine
+            .add_function(bdf, function, group)
+            .map_err(|e| format!("placing {file} at {bdf}: {e}"))?;
+        if driver != "vfio-pci" {
+            machine
+                .bind_driver(bdf, Binding::Host)
+                .map_err(|e| format!("binding {driver} to {bdf}: {e}"))?;
+        }
+        let description = entries.iter().find(|e| e.file == file).map_or_else(
+            || file.to_string(),
+            |e| format!("{} ({file})", e.description),
+        );
+        placed.push(Placed {
+            bdf,
+            group,
+            driver,
+            description,
+            assign,
+        });
+    }
+    Ok((machine, placed))
+}
+
+/// Builds a machine holding only the function of config image `path`, at `0000:01:00.0`
+/// in group 1.
+///
+/// # Errors
+/// A message naming the file and what is wrong with the image (unreadable, truncated,
+/// no device, a bridge, ...).
+pub fn from_image(path: &Path) -> Result<(SimMachine, Vec<Placed>), String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
+    let function = SimFunction::from_image(&bytes)
+        .map_err(|e| format!("image {} cannot be assigned: {e}", path.display()))?;
+    let machine = SimMachine::new();
+    let bdf = Bdf::new(0, 1, 0, 0).ok_or("bad BDF")?;
+    machine
+        .add_function(bdf, function, 1)
+        .map_err(|e| format!("placing the function: {e}"))?;
+    let placed = vec![Placed {
+        bdf,
+        group: 1,
+        driver: "vfio-pci",
+        description: format!("{} ({} bytes)", path.display(), bytes.len()),
+        assign: true,
+    }];
+    Ok((machine, placed))
+}
