@@ -162,12 +162,24 @@ pub fn cap_chain(data: &[u8]) {
         let padded = (8 + payload_len).div_ceil(8) * 8;
         let result = chain.add(id, version, &payload[..payload_len]);
         if before + padded <= scratch_len {
-            assert_eq!(result, Ok(()), "add of {padded} bytes at {before} into {scratch_len}");
-            assert_eq!(chain.len(), before + padded, "length grows by the padded size");
+            assert_eq!(
+                result,
+                Ok(()),
+                "add of {padded} bytes at {before} into {scratch_len}"
+            );
+            assert_eq!(
+                chain.len(),
+                before + padded,
+                "length grows by the padded size"
+            );
             added.push((before, id, version, payload_len, n));
         } else {
             assert_eq!(result, Err(Errno::ENOMEM), "add past the scratch buffer");
-            assert_eq!(chain.len(), before, "a refused add leaves the chain unchanged");
+            assert_eq!(
+                chain.len(),
+                before,
+                "a refused add leaves the chain unchanged"
+            );
         }
         assert_eq!(chain.len() % 8, 0, "chain length is a multiple of 8");
         assert_eq!(chain.is_empty(), added.is_empty());
@@ -178,8 +190,16 @@ pub fn cap_chain(data: &[u8]) {
     for (i, &(start, id, version, payload_len, seed)) in added.iter().enumerate() {
         assert_eq!(start % 8, 0, "capability {i} starts 8-byte aligned");
         let header = &bytes[start..start + 8];
-        assert_eq!(u16::from_le_bytes([header[0], header[1]]), id, "capability {i} id");
-        assert_eq!(u16::from_le_bytes([header[2], header[3]]), version, "capability {i} version");
+        assert_eq!(
+            u16::from_le_bytes([header[0], header[1]]),
+            id,
+            "capability {i} id"
+        );
+        assert_eq!(
+            u16::from_le_bytes([header[2], header[3]]),
+            version,
+            "capability {i} version"
+        );
         let next = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
         match added.get(i + 1) {
             Some(&(following, ..)) => {
@@ -191,7 +211,11 @@ pub fn cap_chain(data: &[u8]) {
         }
         fill_payload(&mut payload[..payload_len], seed);
         let body_end = start + 8 + payload_len;
-        assert_eq!(&bytes[start + 8..body_end], &payload[..payload_len], "payload {i}");
+        assert_eq!(
+            &bytes[start + 8..body_end],
+            &payload[..payload_len],
+            "payload {i}"
+        );
         let padded_end = start + (8 + payload_len).div_ceil(8) * 8;
         assert!(
             bytes[body_end..padded_end].iter().all(|&b| b == 0),
@@ -203,8 +227,14 @@ pub fn cap_chain(data: &[u8]) {
     let mut visited = 0;
     let mut offset = 0usize;
     while !added.is_empty() {
-        assert!(visited < added.len(), "the chain has a cycle or extra links");
-        assert_eq!(offset, added[visited].0, "walk reaches capability {visited}");
+        assert!(
+            visited < added.len(),
+            "the chain has a cycle or extra links"
+        );
+        assert_eq!(
+            offset, added[visited].0,
+            "walk reaches capability {visited}"
+        );
         let next = u32::from_le_bytes(bytes[offset + 4..offset + 8].try_into().expect("4 bytes"));
         visited += 1;
         if next == 0 {
@@ -252,7 +282,9 @@ mod tests {
     }
 
     fn replay(target: &str, run: fn(&[u8])) -> usize {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(target);
         let mut count = 0;
         for entry in std::fs::read_dir(&dir).expect("seed directory") {
             let path = entry.expect("seed entry").path();
