@@ -1,1 +1,363 @@
-//! Byte-level ioctl dispatcher (spec/01-core.md §3.1).
+//! Byte-level ioctl dispatcher: the Linux VFIO ABI over [`Vfio`]'s typed API
+//! (spec/01-core.md §2–§3, §7; spec/02-type1.md §6–§9).
+//!
+//! [`Vfio::ioctl`] takes a file handle, a request number and the argument — an integer
+//! ([`Arg::Value`]) or the caller's buffer ([`Arg::Buffer`], the analogue of the user
+//! pointer) — and produces exactly the kernel's result and the kernel's bytes in the
+//! buffer. A step that must read or write past the end of the buffer fails with `EFAULT`
+//! (spec/01-core.md §3.1); effects of earlier steps stay, as in the kernel.
+//!
+//! Portable conventions where the kernel follows a user pointer:
+//! * `GROUP_SET_CONTAINER`: the buffer holds the little-endian `s32` container descriptor.
+//! * `GROUP_GET_DEVICE_FD`: the buffer holds the NUL-terminated name.
+//! * `UNMAP_DMA` with `GET_DIRTY_BITMAP`: the bitmap bytes follow the 48-byte structure in
+//!   the same buffer; `vfio_bitmap.data` is ignored.
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::errno::{Errno, Result};
+use crate::platform::{HostMemory, Iommu};
+use crate::type1::{MapDma, UnmapDma};
+use crate::uapi::{self, dma_unmap_flags, ioctl};
+use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileKind, IrqSetRequest, Vfio};
+
+/// Scratch space for one capability chain, in bytes.
+const CAP_SCRATCH: usize = 1024;
+
+/// The argument of an ioctl.
+#[derive(Debug)]
+pub enum Arg<'a> {
+    /// No argument.
+    None,
+    /// An integer argument (`CHECK_EXTENSION`, `SET_IOMMU`).
+    Value(u64),
+    /// The caller's buffer (the memory a user pointer would point to).
+    Buffer(&'a mut [u8]),
+}
+
+impl Arg<'_> {
+    fn buffer(&mut self) -> &mut [u8] {
+        match self {
+            Arg::Buffer(buf) => buf,
+            _ => &mut [],
+        }
+    }
+
+    fn value(&self) -> u64 {
+        match self {
+            Arg::Value(v) => *v,
+            _ => 0,
+        }
+    }
+}
+
+/// Reads the first `minsz` bytes of `buf` into a zeroed `T` (`EFAULT` if `buf` is shorter).
+fn read_prefix<T: FromBytes + IntoBytes>(buf: &[u8], minsz: usize) -> Result<T> {
+    let mut value = T::new_zeroed();
+    let bytes = value.as_mut_bytes();
+    let n = minsz.min(bytes.len());
+    bytes[..n].copy_from_slice(buf.get(..n).ok_or(Errno::EFAULT)?);
+    Ok(value)
+}
+
+/// Writes the first `n` bytes of `value` into `buf` (`EFAULT` if `buf` is shorter).
+fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
+    buf: &mut [u8],
+    value: &T,
+    n: usize,
+) -> Result<()> {
+    let bytes = value.as_bytes();
+    let n = n.min(bytes.len());
+    buf.get_mut(..n)
+        .ok_or(Errno::EFAULT)?
+        .copy_from_slice(&bytes[..n]);
+    Ok(())
+}
+
+/// Applies the capability-chain protocol of spec/01-core.md §3.2 for a fixed structure of
+/// `fixed` bytes. Returns `(caps_present, argsz, cap_offset)` to store in the structure.
+fn place_caps(buf: &mut [u8], fixed: usize, argsz: u32, chain: &[u8]) -> Result<(bool, u32, u32)> {
+    if chain.is_empty() {
+        return Ok((false, argsz, 0));
+    }
+    let needed = fixed + chain.len();
+    if (argsz as usize) < needed {
+        return Ok((true, needed as u32, 0));
+    }
+    let dest = buf.get_mut(fixed..needed).ok_or(Errno::EFAULT)?;
+    dest.copy_from_slice(chain);
+    // Shift every non-zero `next` by `fixed`.
+    let mut at = 0usize;
+    while let Some(next_bytes) = dest.get_mut(at + 4..at + 8) {
+        let next = u32::from_le_bytes([next_bytes[0], next_bytes[1], next_bytes[2], next_bytes[3]]);
+        if next == 0 {
+            break;
+        }
+        next_bytes.copy_from_slice(&(next + fixed as u32).to_le_bytes());
+        if next as usize <= at {
+            break;
+        }
+        at = next as usize;
+    }
+    Ok((true, argsz, fixed as u32))
+}
+
+/// The device's region and IRQ counts (its GET_INFO without capabilities).
+fn device_counts<D: BusDriver>(
+    driver: &mut D,
+    state: &mut D::State,
+) -> Result<crate::vfio::DeviceInfo> {
+    let mut scratch = [0u8; CAP_SCRATCH];
+    driver.device_info(state, &mut CapChain::new(&mut scratch))
+}
+
+impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
+    /// Performs ioctl `request` on file `fd` with argument `arg`, byte-for-byte as the
+    /// Linux kernel does. Returns the ioctl's non-negative result (a new descriptor for
+    /// `GROUP_GET_DEVICE_FD`).
+    ///
+    /// # Errors
+    /// `EBADF` for a closed or stale `fd`; otherwise the errno the kernel returns for the
+    /// same input (spec/01-core.md §7, spec/02-type1.md §14), `EFAULT` when the buffer is
+    /// shorter than a step must read or write.
+    pub fn ioctl(&mut self, fd: Fd, request: u32, mut arg: Arg<'_>) -> Result<i64> {
+        match self.file_kind(fd)? {
+            FileKind::Container => self.container_ioctl(fd, request, &mut arg),
+            FileKind::Group => self.group_ioctl(fd, request, arg.buffer()),
+            FileKind::Device => self.device_ioctl(fd, request, arg.buffer()),
+        }
+    }
+
+    fn container_ioctl(&mut self, fd: Fd, request: u32, arg: &mut Arg<'_>) -> Result<i64> {
+        match request {
+            ioctl::GET_API_VERSION => return Ok(i64::from(uapi::VFIO_API_VERSION)),
+            ioctl::CHECK_EXTENSION => {
+                let ext = u32::try_from(arg.value()).unwrap_or(u32::MAX);
+                return self.check_extension(fd, ext).map(i64::from);
+            }
+            ioctl::SET_IOMMU => {
+                let kind = u32::try_from(arg.value()).unwrap_or(u32::MAX);
+                return self.set_iommu(fd, kind).map(|()| 0);
+            }
+            _ => {}
+        }
+        if self.type1(fd)?.is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let buf = arg.buffer();
+        match request {
+            ioctl::IOMMU_GET_INFO => self.type1_get_info(fd, buf),
+            ioctl::IOMMU_MAP_DMA => {
+                let map: uapi::DmaMap = read_prefix(buf, 32)?;
+                if map.argsz < 32 {
+                    return Err(Errno::EINVAL);
+                }
+                let request = MapDma {
+                    flags: map.flags,
+                    vaddr: map.vaddr,
+                    iova: map.iova,
+                    size: map.size,
+                };
+                self.map_dma(fd, &request).map(|()| 0)
+            }
+            ioctl::IOMMU_UNMAP_DMA => self.type1_unmap(fd, buf),
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    fn type1_get_info(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
+        let mut info: uapi::Type1Info = read_prefix(buf, 16)?;
+        if info.argsz < 16 {
+            return Err(Errno::EINVAL);
+        }
+        let mut scratch = [0u8; CAP_SCRATCH];
+        let mut chain = CapChain::new(&mut scratch);
+        let backend = self.type1(fd)?.ok_or(Errno::EINVAL)?;
+        let (flags, pgsizes) = backend.info(&mut chain)?;
+        info.flags = flags;
+        info.iova_pgsizes = pgsizes;
+        info.cap_offset = 0;
+        info.pad = 0;
+        let (_, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain.as_bytes())?;
+        info.argsz = argsz;
+        info.cap_offset = cap_offset;
+        let n = (info.argsz as usize).min(24);
+        write_prefix(buf, &info, n)?;
+        Ok(0)
+    }
+
+    fn type1_unmap(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
+        let mut unmap: uapi::DmaUnmap = read_prefix(buf, 24)?;
+        let known =
+            dma_unmap_flags::GET_DIRTY_BITMAP | dma_unmap_flags::ALL | dma_unmap_flags::VADDR;
+        if unmap.argsz < 24 || unmap.flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if unmap.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
+            if unmap.flags & (dma_unmap_flags::ALL | dma_unmap_flags::VADDR) != 0
+                || unmap.argsz < 48
+            {
+                return Err(Errno::EINVAL);
+            }
+            let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
+            let available = buf.len().saturating_sub(48) as u64;
+            if bitmap.size > available || bitmap.pgsize == 0 {
+                return Err(Errno::EINVAL);
+            }
+            let shift = bitmap.pgsize.trailing_zeros();
+            let npages = unmap.size >> shift;
+            let words = npages.div_ceil(64);
+            if npages == 0 || bitmap.size == 0 || bitmap.size > 1 << 28 || bitmap.size < 8 * words {
+                return Err(Errno::EINVAL);
+            }
+        }
+        let request = UnmapDma {
+            flags: unmap.flags,
+            iova: unmap.iova,
+            size: unmap.size,
+        };
+        let total = self.unmap_dma(fd, &request)?;
+        unmap.size = total;
+        write_prefix(buf, &unmap, 24)?;
+        Ok(0)
+    }
+
+    fn group_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
+        match request {
+            ioctl::GROUP_GET_STATUS => {
+                let mut status: uapi::GroupStatus = read_prefix(buf, 8)?;
+                if status.argsz < 8 {
+                    return Err(Errno::EINVAL);
+                }
+                status.flags = self.group_status(fd)?;
+                write_prefix(buf, &status, 8)?;
+                Ok(0)
+            }
+            ioctl::GROUP_SET_CONTAINER => {
+                let raw = buf.get(..4).ok_or(Errno::EFAULT)?;
+                let container = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                self.group_set_container(fd, container).map(|()| 0)
+            }
+            ioctl::GROUP_UNSET_CONTAINER => self.group_unset_container(fd).map(|()| 0),
+            ioctl::GROUP_GET_DEVICE_FD => self
+                .group_get_device_fd(fd, buf)
+                .map(|d| i64::from(d.raw())),
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    fn device_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
+        match request {
+            ioctl::DEVICE_GET_INFO => {
+                let mut info: uapi::DeviceInfo = read_prefix(buf, 16)?;
+                if info.argsz < 16 {
+                    return Err(Errno::EINVAL);
+                }
+                let mut scratch = [0u8; CAP_SCRATCH];
+                let mut chain = CapChain::new(&mut scratch);
+                let typed =
+                    self.with_device(fd, |driver, state| driver.device_info(state, &mut chain))?;
+                info.flags = typed.flags;
+                info.num_regions = typed.num_regions;
+                info.num_irqs = typed.num_irqs;
+                info.cap_offset = 0;
+                info.pad = 0;
+                let (caps, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain.as_bytes())?;
+                if caps {
+                    info.flags |= uapi::device_flags::CAPS;
+                }
+                info.argsz = argsz;
+                info.cap_offset = cap_offset;
+                let n = (info.argsz as usize).min(24);
+                write_prefix(buf, &info, n)?;
+                Ok(0)
+            }
+            ioctl::DEVICE_GET_REGION_INFO => {
+                let mut info: uapi::RegionInfo = read_prefix(buf, 32)?;
+                if info.argsz < 32 {
+                    return Err(Errno::EINVAL);
+                }
+                let mut scratch = [0u8; CAP_SCRATCH];
+                let mut chain = CapChain::new(&mut scratch);
+                let index = info.index;
+                let typed = self.with_device(fd, |driver, state| {
+                    let device = device_counts(driver, state)?;
+                    if index >= device.num_regions {
+                        return Err(Errno::EINVAL);
+                    }
+                    driver.region_info(state, index, &mut chain)
+                })?;
+                info.flags = typed.flags;
+                info.size = typed.size;
+                info.offset = typed.offset;
+                let (caps, argsz, cap_offset) = place_caps(buf, 32, info.argsz, chain.as_bytes())?;
+                if caps {
+                    info.flags |= uapi::region_flags::CAPS;
+                    info.argsz = argsz;
+                    info.cap_offset = cap_offset;
+                }
+                write_prefix(buf, &info, 32)?;
+                Ok(0)
+            }
+            ioctl::DEVICE_GET_IRQ_INFO => {
+                let mut info: uapi::IrqInfo = read_prefix(buf, 16)?;
+                let index = info.index;
+                let argsz = info.argsz;
+                let typed = self.with_device(fd, |driver, state| {
+                    let device = device_counts(driver, state)?;
+                    if argsz < 16 || index >= device.num_irqs {
+                        return Err(Errno::EINVAL);
+                    }
+                    driver.irq_info(state, index)
+                })?;
+                info.flags = typed.flags;
+                info.count = typed.count;
+                write_prefix(buf, &info, 16)?;
+                Ok(0)
+            }
+            ioctl::DEVICE_SET_IRQS => {
+                let header: uapi::IrqSet = read_prefix(buf, 20)?;
+                let buf_ro: &[u8] = buf;
+                self.with_device(fd, |driver, state| {
+                    let device = device_counts(driver, state)?;
+                    let num = if header.index < device.num_irqs {
+                        driver.irq_info(state, header.index).map_or(0, |i| i.count)
+                    } else {
+                        0
+                    };
+                    let size = validate_irq_set(&header, num, device.num_irqs)?;
+                    let data = buf_ro.get(20..20 + size).ok_or(Errno::EFAULT)?;
+                    let request = IrqSetRequest {
+                        flags: header.flags,
+                        index: header.index,
+                        start: header.start,
+                        count: header.count,
+                    };
+                    driver.set_irqs(state, &request, data).map(i64::from)
+                })
+            }
+            ioctl::DEVICE_RESET => {
+                self.with_device(fd, |driver, state| driver.reset(state).map(|()| 0))
+            }
+            _ => self.with_device(fd, |driver, state| driver.ioctl(state, request, buf)),
+        }
+    }
+
+    /// `read()` on device file `fd` at byte `offset` (region index in bits 40 and up for
+    /// vfio-pci). Returns the bytes read.
+    ///
+    /// # Errors
+    /// `EBADF`/`EBADFD` for a bad handle; the bus driver's errors (e.g. `EINVAL` for an
+    /// offset outside every region, `EFAULT` past the end of config space).
+    pub fn device_read(&mut self, fd: Fd, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.with_device(fd, |driver, state| driver.read(state, offset, buf))
+    }
+
+    /// `write()` on device file `fd` at byte `offset`. Returns the bytes written.
+    ///
+    /// # Errors
+    /// As [`Vfio::device_read`].
+    pub fn device_write(&mut self, fd: Fd, offset: u64, data: &[u8]) -> Result<usize> {
+        self.with_device(fd, |driver, state| driver.write(state, offset, data))
+    }
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! Executable spec cases for `vfio-core`.
+//!
+//! * [`fixture`]: the simulated machine of a case file (`[fixture]`) — an IOMMU, the
+//!   process's host memory and a template bus driver — reusable by any test.
+//! * [`value`]: number, flag and errno parsing rules of the case schema.
+//! * [`runner`]: loads case files, builds each case's starting state and runs its steps.
+//!   Reports are one line per case plus the closing `N passed, N failed` line
+//!   ([`runner::Totals`]).
+//! * [`registry`]: the system under test — `vfio_core::vfio::Vfio` over the fixture
+//!   platform — behind the runner's [`runner::Machine`] interface.
+//!
+//! Run the cases with `cargo run -p vfio-tests --bin spec-cases -- [--only PREFIX] FILE...`
+//! or `cargo test -p vfio-tests --test spec_cases -- --nocapture`.
+
+#![deny(missing_docs)]
+
+pub mod fixture;
+pub mod registry;
+pub mod runner;
+pub mod value;

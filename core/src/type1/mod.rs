@@ -1,1 +1,844 @@
-//! The Type1 IOMMU backend (spec/02-type1.md).
+//! The Type1 IOMMU backend (spec/02-type1.md): one instance per container with
+//! `VFIO_SET_IOMMU(TYPE1 | TYPE1v2)`.
+//!
+//! The instance tracks DMA entries in a [`DmaMap`] (embedder storage, kept by the
+//! container slot), the container's IOMMU domains, the valid IOVA list and the entry
+//! budget, and programs every domain through [`Iommu`]. Host memory is pinned and charged
+//! through [`HostMemory`]. Every multi-step operation rolls back completely on failure.
+
+pub mod dma_map;
+pub mod iova_list;
+
+use heapless::Vec;
+
+pub use dma_map::{DmaEntry, DmaMap, IovaRange};
+pub use iova_list::{IovaList, MAX_IOVA_RANGES};
+
+use crate::errno::{Errno, Error as _, Result};
+use crate::platform::{DomainId, DomainInfo, GroupId, HostMemory, Iommu, MemoryKind, Prot};
+use crate::uapi::{dma_map_flags, dma_unmap_flags, extension};
+use crate::vfio::CapChain;
+
+/// Maximum IOMMU domains per container (one per incompatible IOMMU flavour).
+pub const MAX_DOMAINS: usize = 8;
+/// Maximum groups per domain, and emulated groups per container.
+pub const MAX_GROUPS: usize = 16;
+/// The kernel's default `dma_entry_limit` (`U16_MAX`, spec/02-type1.md §1.1).
+pub const DEFAULT_DMA_ENTRY_LIMIT: u32 = 65535;
+/// `max_dirty_bitmap_size` reported by the MIGRATION capability: 256 MiB.
+pub const MAX_DIRTY_BITMAP_SIZE: u64 = 0x1000_0000;
+
+/// Type1 info capability ids (type1-info id space, spec/02-type1.md §9.2).
+pub mod info_cap {
+    /// `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`.
+    pub const IOVA_RANGE: u16 = 1;
+    /// `VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION`.
+    pub const MIGRATION: u16 = 2;
+    /// `VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL`.
+    pub const DMA_AVAIL: u16 = 3;
+}
+
+/// `struct vfio_iommu_type1_info` flags.
+pub mod info_flags {
+    /// `iova_pgsizes` is valid (always).
+    pub const PGSIZES: u32 = 1 << 0;
+    /// Capabilities follow.
+    pub const CAPS: u32 = 1 << 1;
+}
+
+/// Embedder configuration of Type1 (Linux module parameters), sampled at `SET_IOMMU`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Type1Config {
+    /// Maximum entries per container (kernel default 65535); further MAPs fail `ENOSPC`.
+    pub dma_entry_limit: u32,
+    /// Attach groups whose MSIs the platform cannot isolate (kernel default false).
+    pub allow_unsafe_interrupts: bool,
+}
+
+impl Default for Type1Config {
+    fn default() -> Self {
+        Type1Config {
+            dma_entry_limit: DEFAULT_DMA_ENTRY_LIMIT,
+            allow_unsafe_interrupts: false,
+        }
+    }
+}
+
+/// A `VFIO_IOMMU_MAP_DMA` request (spec/02-type1.md §6.1), all in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapDma {
+    /// `READ` 0x1, `WRITE` 0x2, `VADDR` 0x4 (`uapi::dma_map_flags`).
+    pub flags: u32,
+    /// Process virtual address of the first byte.
+    pub vaddr: u64,
+    /// Device address of the first byte.
+    pub iova: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// A `VFIO_IOMMU_UNMAP_DMA` request without dirty bitmap (spec/02-type1.md §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnmapDma {
+    /// `GET_DIRTY_BITMAP` 0x1, `ALL` 0x2, `VADDR` 0x4 (`uapi::dma_unmap_flags`).
+    pub flags: u32,
+    /// First IOVA of the range (0 with `ALL`).
+    pub iova: u64,
+    /// Length in bytes (0 with `ALL`).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Domain {
+    info: DomainInfo,
+    groups: Vec<GroupId, MAX_GROUPS>,
+}
+
+/// One Type1 backend instance (`struct vfio_iommu`).
+#[derive(Debug)]
+pub struct Type1 {
+    v2: bool,
+    config: Type1Config,
+    domains: Vec<Domain, MAX_DOMAINS>,
+    emulated: Vec<GroupId, MAX_GROUPS>,
+    dma_avail: u32,
+    pgsize_bitmap: u64,
+    iova_list: IovaList,
+    vaddr_invalid_count: u32,
+}
+
+/// `bitmap` with sub-page sizes folded into `page_size` (spec/02-type1.md §3).
+fn fold_bitmap(bitmap: u64, page_size: u64) -> u64 {
+    let below = page_size.wrapping_sub(1);
+    if bitmap & below != 0 {
+        (bitmap & !below) | page_size
+    } else {
+        bitmap
+    }
+}
+
+impl Type1 {
+    /// Opens an instance for IOMMU type `kind` (spec/02-type1.md §2.1).
+    ///
+    /// # Errors
+    /// `EINVAL` unless `kind` is 1 (v1), 3 (v2) or the retired 6 (v2).
+    pub fn open(kind: u32, config: Type1Config, page_size: u64) -> Result<Type1> {
+        let v2 = match kind {
+            extension::TYPE1_IOMMU => false,
+            extension::TYPE1V2_IOMMU | extension::TYPE1_NESTING_IOMMU => true,
+            _ => return Err(Errno::EINVAL),
+        };
+        Ok(Type1 {
+            v2,
+            config,
+            domains: Vec::new(),
+            emulated: Vec::new(),
+            dma_avail: config.dma_entry_limit,
+            pgsize_bitmap: !page_size.wrapping_sub(1),
+            iova_list: IovaList::new(),
+            vaddr_invalid_count: 0,
+        })
+    }
+
+    /// Answers `CHECK_EXTENSION` without an instance (spec/02-type1.md §2.2).
+    pub const fn check_extension_static(arg: u32) -> u32 {
+        match arg {
+            extension::TYPE1_IOMMU | extension::TYPE1V2_IOMMU | extension::UNMAP_ALL => 1,
+            _ => 0,
+        }
+    }
+
+    /// Answers `CHECK_EXTENSION` for this instance (spec/02-type1.md §2.2).
+    pub fn check_extension(&self, arg: u32) -> u32 {
+        match arg {
+            extension::TYPE1_IOMMU | extension::TYPE1V2_IOMMU | extension::UNMAP_ALL => 1,
+            extension::DMA_CC_IOMMU => {
+                u32::from(self.domains.iter().all(|d| d.info.enforce_coherency))
+            }
+            extension::UPDATE_VADDR => u32::from(self.emulated.is_empty()),
+            _ => 0,
+        }
+    }
+
+    /// Whether the instance has v2 unmap semantics.
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// The supported page-size bitmap (bit n = 2^n bytes).
+    pub fn pgsize_bitmap(&self) -> u64 {
+        self.pgsize_bitmap
+    }
+
+    /// The minimum IOMMU page size in bytes (lowest bit of the bitmap).
+    pub fn pgsize(&self) -> u64 {
+        self.pgsize_bitmap & self.pgsize_bitmap.wrapping_neg()
+    }
+
+    /// How many more entries may be created.
+    pub fn dma_avail(&self) -> u32 {
+        self.dma_avail
+    }
+
+    /// Number of IOMMU domains.
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// The domain `group` is attached to (`None` for emulated or unknown groups).
+    pub fn domain_of(&self, group: GroupId) -> Option<DomainId> {
+        self.domains
+            .iter()
+            .find(|d| d.groups.contains(&group))
+            .map(|d| d.info.id)
+    }
+
+    /// The valid IOVA list (empty = unrestricted).
+    pub fn iova_list(&self) -> &IovaList {
+        &self.iova_list
+    }
+
+    fn has_group(&self, group: GroupId) -> bool {
+        self.emulated.contains(&group) || self.domains.iter().any(|d| d.groups.contains(&group))
+    }
+
+    fn domain_ids(&self) -> Vec<DomainId, MAX_DOMAINS> {
+        self.domains.iter().map(|d| d.info.id).collect()
+    }
+
+    fn recompute_pgsize(&mut self, page_size: u64) {
+        let bitmap = self
+            .domains
+            .iter()
+            .fold(u64::MAX, |acc, d| acc & d.info.pgsize_bitmap);
+        self.pgsize_bitmap = fold_bitmap(bitmap, page_size);
+    }
+
+    /// Attaches `group` (spec/02-type1.md §5.1): allocates or shares a domain, updates the
+    /// valid list and replays every entry into a new domain. On error the instance and the
+    /// platform are exactly as before.
+    ///
+    /// # Errors
+    /// `EBUSY` while a vaddr is invalidated; `EINVAL` for a group already attached, an
+    /// aperture or reserved-region conflict, or an empty valid list; `EPERM` without
+    /// interrupt isolation; `ENOMEM`/`EFAULT` from replay pinning; platform errors.
+    pub fn attach_group<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        group: GroupId,
+    ) -> Result<()> {
+        if self.vaddr_invalid_count > 0 {
+            return Err(Errno::EBUSY);
+        }
+        if self.has_group(group) {
+            return Err(Errno::EINVAL);
+        }
+        let info = iommu.group_info(group).ok_or(Errno::ENODEV)?;
+        if info.emulated {
+            return self.emulated.push(group).map_err(|_| Errno::ENOMEM);
+        }
+        if self.domains.is_full() {
+            return Err(Errno::ENOMEM);
+        }
+        let domain = iommu.domain_alloc(group).map_err(|e| e.errno())?;
+        if let Err(e) = iommu.attach(domain.id, group) {
+            iommu.domain_free(domain.id);
+            return Err(e.errno());
+        }
+        let undo_new = |iommu: &mut I| {
+            iommu.detach(domain.id, group);
+            iommu.domain_free(domain.id);
+        };
+        let list = match iova_list::after_attach(
+            &self.iova_list,
+            map,
+            iommu,
+            group,
+            domain.aperture_start,
+            domain.aperture_end,
+        ) {
+            Ok(list) => list,
+            Err(e) => {
+                undo_new(iommu);
+                return Err(e);
+            }
+        };
+        if !info.intr_remap && !self.config.allow_unsafe_interrupts {
+            undo_new(iommu);
+            return Err(Errno::EPERM);
+        }
+        // Step 11: share an existing compatible domain.
+        for index in 0..self.domains.len() {
+            let existing = self.domains[index].info;
+            if existing.ops != domain.ops || existing.enforce_coherency != domain.enforce_coherency
+            {
+                continue;
+            }
+            iommu.detach(domain.id, group);
+            if iommu.attach(existing.id, group).is_ok() {
+                if self.domains[index].groups.push(group).is_err() {
+                    iommu.detach(existing.id, group);
+                    iommu.domain_free(domain.id);
+                    return Err(Errno::ENOMEM);
+                }
+                iommu.domain_free(domain.id);
+                self.iova_list = list;
+                return Ok(());
+            }
+            if let Err(e) = iommu.attach(domain.id, group) {
+                iommu.domain_free(domain.id);
+                return Err(e.errno());
+            }
+        }
+        // Step 13: replay every entry into the new domain.
+        if let Err(e) = self.replay(map, iommu, memory, domain.id) {
+            undo_new(iommu);
+            return Err(e);
+        }
+        let mut groups = Vec::new();
+        // Capacity ≥ 1: cannot fail.
+        let _ = groups.push(group);
+        // `is_full` was checked above: cannot fail.
+        let _ = self.domains.insert(
+            0,
+            Domain {
+                info: domain,
+                groups,
+            },
+        );
+        self.recompute_pgsize(memory.page_size());
+        self.iova_list = list;
+        Ok(())
+    }
+
+    /// Maps every entry into `new` (spec/02-type1.md §5.1 step 13); rolls back on error.
+    fn replay<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        new: DomainId,
+    ) -> Result<()> {
+        let source = self.domains.first().map(|d| d.info.id);
+        let page = memory.page_size();
+        let mut done = 0;
+        let mut result = Ok(());
+        for (index, entry) in map.entries_mut().iter_mut().enumerate() {
+            let step = match source {
+                Some(src) if entry.iommu_mapped => {
+                    copy_translations(iommu, src, new, entry.iova, entry.size, entry.prot, page)
+                }
+                _ => pin_and_map(iommu, memory, &[new], entry, page).map(|charged| {
+                    entry.locked_pages = charged;
+                    entry.iommu_mapped = true;
+                }),
+            };
+            if let Err(e) = step {
+                result = Err(e);
+                break;
+            }
+            done = index + 1;
+        }
+        if let Err(e) = result {
+            for entry in map.entries_mut().iter_mut().take(done) {
+                if source.is_some() {
+                    iommu.unmap(new, entry.iova, entry.size);
+                } else {
+                    unmap_and_unpin(iommu, memory, &[new], entry.iova, entry.size, page);
+                    memory.charge(-(entry.locked_pages as i64));
+                    entry.locked_pages = 0;
+                    entry.iommu_mapped = false;
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Detaches `group` (spec/02-type1.md §5.2). Never fails. The caller releases the whole
+    /// instance with [`Type1::release`] when this was the container's last group.
+    pub fn detach_group<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        group: GroupId,
+    ) {
+        if let Some(pos) = self.emulated.iter().position(|&g| g == group) {
+            self.emulated.remove(pos);
+            if self.emulated.is_empty() && self.domains.is_empty() {
+                self.remove_all(map, iommu, memory);
+            }
+            return;
+        }
+        let Some(index) = self.domains.iter().position(|d| d.groups.contains(&group)) else {
+            return;
+        };
+        let domain_id = self.domains[index].info.id;
+        iommu.detach(domain_id, group);
+        let domain = &mut self.domains[index];
+        if let Some(pos) = domain.groups.iter().position(|&g| g == group) {
+            domain.groups.remove(pos);
+        }
+        let mut bounds = None;
+        if domain.groups.is_empty() {
+            let page = memory.page_size();
+            if self.domains.len() == 1 {
+                if self.emulated.is_empty() {
+                    self.remove_all(map, iommu, memory);
+                } else {
+                    for entry in map.entries_mut() {
+                        if entry.iommu_mapped {
+                            unmap_and_unpin(
+                                iommu,
+                                memory,
+                                &[domain_id],
+                                entry.iova,
+                                entry.size,
+                                page,
+                            );
+                            memory.charge(-(entry.locked_pages as i64));
+                            entry.locked_pages = 0;
+                            entry.iommu_mapped = false;
+                        }
+                    }
+                }
+            } else {
+                for entry in map.entries() {
+                    iommu.unmap(domain_id, entry.iova, entry.size);
+                }
+            }
+            self.domains.remove(index);
+            iommu.domain_free(domain_id);
+            self.recompute_pgsize(page);
+            let lo = self
+                .domains
+                .iter()
+                .map(|d| d.info.aperture_start)
+                .max()
+                .unwrap_or(0);
+            let hi = self
+                .domains
+                .iter()
+                .map(|d| d.info.aperture_end)
+                .min()
+                .unwrap_or(u64::MAX);
+            bounds = Some((lo, hi));
+        }
+        let remaining = self.domains.iter().flat_map(|d| d.groups.iter().copied());
+        iova_list::after_detach(&mut self.iova_list, iommu, bounds, remaining);
+    }
+
+    /// Releases the instance (spec/02-type1.md §12.1): removes every entry, detaches every
+    /// group and frees every domain.
+    pub fn release<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+    ) {
+        self.emulated.clear();
+        self.remove_all(map, iommu, memory);
+        for domain in self.domains.iter() {
+            for &group in domain.groups.iter() {
+                iommu.detach(domain.info.id, group);
+            }
+            iommu.domain_free(domain.info.id);
+        }
+        self.domains.clear();
+        self.iova_list.clear();
+    }
+
+    fn remove_all<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+    ) {
+        while !map.is_empty() {
+            self.remove_entry(map, iommu, memory, 0);
+        }
+    }
+
+    /// Removes entry `index` (spec/02-type1.md §12.2): unmaps it from every domain, unpins
+    /// and un-charges its pages, and returns its budget slot.
+    fn remove_entry<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        index: usize,
+    ) -> u64 {
+        let Some(entry) = map.remove(index) else {
+            return 0;
+        };
+        if entry.iommu_mapped {
+            let ids = self.domain_ids();
+            unmap_and_unpin(
+                iommu,
+                memory,
+                &ids,
+                entry.iova,
+                entry.size,
+                memory.page_size(),
+            );
+        }
+        memory.charge(-(entry.locked_pages as i64));
+        if entry.vaddr_invalid {
+            self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
+        }
+        self.dma_avail = self.dma_avail.saturating_add(1);
+        entry.size
+    }
+
+    /// `VFIO_IOMMU_MAP_DMA` (spec/02-type1.md §6.2, checks M4–M13; M1–M2 are the ABI's).
+    ///
+    /// # Errors
+    /// In the spec's order: `EINVAL` size 0; `EOVERFLOW` iova or vaddr wrap; `EINVAL`
+    /// prot/VADDR combination or misalignment; `ENOENT`/`EINVAL` for a bad VADDR update;
+    /// `EEXIST` overlap; `ENOSPC` entry limit; `EINVAL` outside the valid ranges; `ENOMEM`
+    /// storage full or locked-memory limit; `EFAULT` unbacked or read-only memory; platform
+    /// map errors. On error nothing is mapped, pinned or charged.
+    pub fn map_dma<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        request: &MapDma,
+    ) -> Result<()> {
+        if request.flags & !(dma_map_flags::READ | dma_map_flags::WRITE | dma_map_flags::VADDR) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        if request.size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let range = IovaRange::new(request.iova, request.size)?;
+        IovaRange::new(request.vaddr, request.size)?;
+        let mut prot = Prot::empty();
+        if request.flags & dma_map_flags::READ != 0 {
+            prot |= Prot::READ;
+        }
+        if request.flags & dma_map_flags::WRITE != 0 {
+            prot |= Prot::WRITE;
+        }
+        let vaddr_update = request.flags & dma_map_flags::VADDR != 0;
+        if prot.is_empty() != vaddr_update {
+            return Err(Errno::EINVAL);
+        }
+        let mask = self.pgsize() - 1;
+        if (request.size | request.iova | request.vaddr) & mask != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let found = map.first_overlapping(range);
+        if vaddr_update {
+            let index = found.ok_or(Errno::ENOENT)?;
+            let entry = &mut map.entries_mut()[index];
+            if !entry.vaddr_invalid || entry.iova != request.iova || entry.size != request.size {
+                return Err(Errno::EINVAL);
+            }
+            entry.vaddr = request.vaddr;
+            entry.vaddr_invalid = false;
+            self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
+            return Ok(());
+        }
+        if found.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if self.dma_avail == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        if !iova_list::allows(&self.iova_list, range) {
+            return Err(Errno::EINVAL);
+        }
+        let mut entry = DmaEntry {
+            iova: request.iova,
+            size: request.size,
+            vaddr: request.vaddr,
+            prot,
+            iommu_mapped: false,
+            vaddr_invalid: false,
+            lock_cap: memory.lock_cap(),
+            locked_pages: 0,
+        };
+        if !self.domains.is_empty() {
+            let ids = self.domain_ids();
+            entry.locked_pages = pin_and_map(iommu, memory, &ids, &entry, memory.page_size())?;
+            entry.iommu_mapped = true;
+        }
+        if let Err(e) = map.insert(entry) {
+            if entry.iommu_mapped {
+                let ids = self.domain_ids();
+                unmap_and_unpin(
+                    iommu,
+                    memory,
+                    &ids,
+                    entry.iova,
+                    entry.size,
+                    memory.page_size(),
+                );
+                memory.charge(-(entry.locked_pages as i64));
+            }
+            return Err(e);
+        }
+        self.dma_avail -= 1;
+        Ok(())
+    }
+
+    /// `VFIO_IOMMU_UNMAP_DMA` without a dirty bitmap (spec/02-type1.md §7.2 U5–U11).
+    /// Returns the number of bytes unmapped (or invalidated, with `VADDR`).
+    ///
+    /// # Errors
+    /// `EBUSY` VADDR with an emulated group; `EINVAL` misaligned iova/size, size 0, `ALL`
+    /// with a non-zero iova or size, v2 bisection, double VADDR invalidation, or
+    /// `GET_DIRTY_BITMAP` (dirty tracking is off); `EOVERFLOW` range wrap.
+    pub fn unmap_dma<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        request: &UnmapDma,
+    ) -> Result<u64> {
+        let all = request.flags & dma_unmap_flags::ALL != 0;
+        let vaddr = request.flags & dma_unmap_flags::VADDR != 0;
+        if vaddr && !self.emulated.is_empty() {
+            return Err(Errno::EBUSY);
+        }
+        let mask = self.pgsize() - 1;
+        if request.iova & mask != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let range = if all {
+            if request.iova != 0 || request.size != 0 {
+                return Err(Errno::EINVAL);
+            }
+            IovaRange {
+                first: 0,
+                last: u64::MAX,
+            }
+        } else {
+            if request.size == 0 || request.size & mask != 0 {
+                return Err(Errno::EINVAL);
+            }
+            IovaRange::new(request.iova, request.size)?
+        };
+        if request.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
+            // Dirty tracking is never on in this version (spec/02-type1.md §7.2 U9).
+            return Err(Errno::EINVAL);
+        }
+        if self.v2 && !all {
+            if let Some(i) = map.find(range.first) {
+                if map.entries()[i].iova != range.first {
+                    return Err(Errno::EINVAL);
+                }
+            }
+            if let Some(i) = map.find(range.last) {
+                if map.entries()[i].range().last != range.last {
+                    return Err(Errno::EINVAL);
+                }
+            }
+        }
+        let mut total: u64 = 0;
+        let Some(mut index) = map.first_overlapping(range) else {
+            return Ok(0);
+        };
+        let first_index = index;
+        while let Some(entry) = map.entries().get(index).copied() {
+            if entry.iova > range.last {
+                break;
+            }
+            if !self.v2 && entry.iova < range.first {
+                break;
+            }
+            if vaddr {
+                if entry.vaddr_invalid {
+                    for undo in &mut map.entries_mut()[first_index..index] {
+                        undo.vaddr_invalid = false;
+                        self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
+                    }
+                    return Err(Errno::EINVAL);
+                }
+                map.entries_mut()[index].vaddr_invalid = true;
+                self.vaddr_invalid_count += 1;
+                total = total.wrapping_add(entry.size);
+                index += 1;
+                continue;
+            }
+            total = total.wrapping_add(self.remove_entry(map, iommu, memory, index));
+        }
+        Ok(total)
+    }
+
+    /// Builds the `VFIO_IOMMU_GET_INFO` capability chain (spec/02-type1.md §9.2) and returns
+    /// the `flags` and `iova_pgsizes` fields.
+    ///
+    /// # Errors
+    /// `ENOMEM` when `caps` is too small for the chain.
+    pub fn info(&self, caps: &mut CapChain<'_>) -> Result<(u32, u64)> {
+        let mut migration = [0u8; 24];
+        migration[8..16].copy_from_slice(&self.pgsize().to_le_bytes());
+        migration[16..24].copy_from_slice(&MAX_DIRTY_BITMAP_SIZE.to_le_bytes());
+        caps.add(info_cap::MIGRATION, 1, &migration)?;
+        caps.add(info_cap::DMA_AVAIL, 1, &self.dma_avail.to_le_bytes())?;
+        if !self.iova_list.is_empty() {
+            let mut payload = [0u8; 8 + 16 * MAX_IOVA_RANGES];
+            let n = self.iova_list.len();
+            payload[0..4].copy_from_slice(&(n as u32).to_le_bytes());
+            for (i, node) in self.iova_list.iter().enumerate() {
+                let at = 8 + 16 * i;
+                payload[at..at + 8].copy_from_slice(&node.first.to_le_bytes());
+                payload[at + 8..at + 16].copy_from_slice(&node.last.to_le_bytes());
+            }
+            caps.add(info_cap::IOVA_RANGE, 1, &payload[..8 + 16 * n])?;
+        }
+        Ok((info_flags::PGSIZES | info_flags::CAPS, self.pgsize_bitmap))
+    }
+}
+
+/// Pins `entry`'s memory run by run and maps each run into every domain of `domains`
+/// (spec/02-type1.md §6.3, §8). Returns the pages charged. On error everything done here is
+/// undone.
+fn pin_and_map<I: Iommu, M: HostMemory>(
+    iommu: &mut I,
+    memory: &mut M,
+    domains: &[DomainId],
+    entry: &DmaEntry,
+    page: u64,
+) -> Result<u64> {
+    let write = entry.prot.contains(Prot::WRITE);
+    let mut done: u64 = 0;
+    let mut charged: u64 = 0;
+    let result = (|| -> Result<()> {
+        while done < entry.size {
+            let run = memory
+                .pin(entry.vaddr + done, entry.size - done, write)
+                .map_err(|e| e.errno())?;
+            let len = run.len.min(entry.size - done);
+            if len == 0 || len % page != 0 {
+                memory.unpin(run.phys, run.len);
+                return Err(Errno::EFAULT);
+            }
+            if run.kind == MemoryKind::Ram {
+                let pages = len / page;
+                if !entry.lock_cap {
+                    if let Some(limit) = memory.lock_limit_pages() {
+                        if memory.locked_pages().saturating_add(pages) > limit {
+                            memory.unpin(run.phys, len);
+                            return Err(Errno::ENOMEM);
+                        }
+                    }
+                }
+                memory.charge(pages as i64);
+                charged += pages;
+            }
+            for (k, &domain) in domains.iter().enumerate() {
+                if let Err(e) = iommu.map(
+                    domain,
+                    entry.iova + done,
+                    run.phys,
+                    len,
+                    entry.prot | Prot::CACHE,
+                ) {
+                    for &undo in &domains[..k] {
+                        iommu.unmap(undo, entry.iova + done, len);
+                    }
+                    memory.unpin(run.phys, len);
+                    if run.kind == MemoryKind::Ram {
+                        let pages = len / page;
+                        memory.charge(-(pages as i64));
+                        charged -= pages;
+                    }
+                    return Err(e.errno());
+                }
+            }
+            done += len;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(charged),
+        Err(e) => {
+            if done > 0 {
+                unmap_and_unpin(iommu, memory, domains, entry.iova, done, page);
+            }
+            memory.charge(-(charged as i64));
+            Err(e)
+        }
+    }
+}
+
+/// Unmaps `[iova, iova + len)` from every domain and unpins the pages, finding them through
+/// the first domain's translations (spec/02-type1.md §12.2).
+fn unmap_and_unpin<I: Iommu, M: HostMemory>(
+    iommu: &mut I,
+    memory: &mut M,
+    domains: &[DomainId],
+    iova: u64,
+    len: u64,
+    page: u64,
+) {
+    let Some((&first, rest)) = domains.split_first() else {
+        return;
+    };
+    for &domain in rest {
+        iommu.unmap(domain, iova, len);
+    }
+    let mut offset = 0;
+    let mut run: Option<(u64, u64)> = None;
+    while offset < len {
+        if let Some(phys) = iommu.iova_to_phys(first, iova + offset) {
+            run = match run {
+                Some((start, n)) if start + n == phys => Some((start, n + page)),
+                Some((start, n)) => {
+                    memory.unpin(start, n);
+                    Some((phys, page))
+                }
+                None => Some((phys, page)),
+            };
+        }
+        offset += page;
+    }
+    if let Some((start, n)) = run {
+        memory.unpin(start, n);
+    }
+    iommu.unmap(first, iova, len);
+}
+
+/// Copies the translations of `[iova, iova + len)` from domain `src` into `dst` in
+/// physically contiguous runs (replay of an already mapped entry). Rolls back on error.
+fn copy_translations<I: Iommu>(
+    iommu: &mut I,
+    src: DomainId,
+    dst: DomainId,
+    iova: u64,
+    len: u64,
+    prot: Prot,
+    page: u64,
+) -> Result<()> {
+    let mut offset = 0;
+    while offset < len {
+        let phys = iommu.iova_to_phys(src, iova + offset).ok_or(Errno::EFAULT);
+        let phys = match phys {
+            Ok(p) => p,
+            Err(e) => {
+                iommu.unmap(dst, iova, offset);
+                return Err(e);
+            }
+        };
+        let mut run = page;
+        while offset + run < len && iommu.iova_to_phys(src, iova + offset + run) == Some(phys + run)
+        {
+            run += page;
+        }
+        if let Err(e) = iommu.map(dst, iova + offset, phys, run, prot | Prot::CACHE) {
+            if offset > 0 {
+                iommu.unmap(dst, iova, offset);
+            }
+            return Err(e.errno());
+        }
+        offset += run;
+    }
+    Ok(())
+}

@@ -84,7 +84,7 @@ pub fn validate_irq_set(hdr: &uapi::IrqSet, num_irqs: u32, max_irq_type: u32) ->
     let known = irq_set_flags::DATA_TYPE_MASK | irq_set_flags::ACTION_TYPE_MASK;
     if hdr.argsz < HEADER
         || hdr.index >= max_irq_type
-        || hdr.count >= u32::MAX - hdr.start.min(u32::MAX)
+        || hdr.count >= u32::MAX - hdr.start
         || hdr.flags & !known != 0
     {
         return Err(Errno::EINVAL);

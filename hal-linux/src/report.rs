@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! The session report: numbered steps with their result and details, printed for a person
+//! as they happen, or collected and printed once as JSON (`--json`).
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One step of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Step number, from 1.
+    pub number: usize,
+    /// What the step did, e.g. "open container".
+    pub title: String,
+    /// `"ok"` or `"failed"`.
+    pub status: &'static str,
+    /// Machine-readable details of the step.
+    pub details: Value,
+}
+
+/// Collects steps and prints them in text or JSON.
+#[derive(Debug)]
+pub struct Report {
+    json: bool,
+    steps: Vec<Step>,
+}
+
+impl Report {
+    /// A report printing text as it goes (`json == false`) or JSON at the end.
+    pub fn new(json: bool) -> Report {
+        Report {
+            json,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Whether the report is JSON.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Records a successful step; `text` lines are printed under its title in text mode.
+    pub fn ok(&mut self, title: &str, details: Value, text: &[String]) {
+        self.push(title, "ok", details, text);
+    }
+
+    /// Records a failed step.
+    pub fn failed(&mut self, title: &str, details: Value, text: &[String]) {
+        self.push(title, "failed", details, text);
+    }
+
+    fn push(&mut self, title: &str, status: &'static str, details: Value, text: &[String]) {
+        let number = self.steps.len() + 1;
+        if !self.json {
+            let mark = if status == "ok" { "ok" } else { "FAILED" };
+            println!("[{number:2}] {title} ... {mark}");
+            for line in text {
+                println!("     {line}");
+            }
+        }
+        self.steps.push(Step {
+            number,
+            title: title.to_string(),
+            status,
+            details,
+        });
+    }
+
+    /// The recorded steps.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+}
