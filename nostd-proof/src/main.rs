@@ -22,6 +22,7 @@
 compile_error!("nostd-proof only has a start routine for x86_64 Linux (the host target)");
 
 mod mem;
+mod registry;
 
 use core::hint::black_box;
 use core::panic::PanicInfo;
@@ -98,6 +99,12 @@ fn run() -> i32 {
     // 4. Errno names (pulls the string table in, as a logging embedder would).
     if Errno::from_name(black_box("EINVAL")) != Some(Errno::EINVAL) {
         return 11;
+    }
+
+    // 5. The registry: containers, groups, devices, Type1 and the ioctl
+    //    dispatcher over static tables (checks 20..).
+    if let Err(step) = registry::run() {
+        return step;
     }
 
     0
