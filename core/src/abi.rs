@@ -17,7 +17,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::errno::{Errno, Result};
 use crate::platform::{HostMemory, Iommu};
-use crate::type1::{MapDma, UnmapDma};
+use crate::type1::{dirty_flags, MapDma, UnmapDma};
 use crate::uapi::{self, dma_unmap_flags, ioctl};
 use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileKind, IrqSetRequest, Vfio};
 
@@ -111,6 +111,22 @@ fn device_counts<D: BusDriver>(
     driver.device_info(state, &mut CapChain::new(&mut scratch))
 }
 
+/// The `vfio_bitmap` checks shared by UNMAP and DIRTY_PAGES (spec/02-type1.md §7.2 U4):
+/// the bitmap bytes must follow the 48-byte structure inside a buffer of `buffer_len`
+/// bytes, and hold one bit per `bitmap.pgsize` page of `size` bytes.
+fn check_bitmap(buffer_len: usize, size: u64, bitmap: &uapi::Bitmap) -> Result<()> {
+    let available = buffer_len.saturating_sub(48) as u64;
+    if bitmap.size > available || bitmap.pgsize == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let npages = size >> bitmap.pgsize.trailing_zeros();
+    let words = npages.div_ceil(64);
+    if npages == 0 || bitmap.size == 0 || bitmap.size > 1 << 28 || bitmap.size < 8 * words {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
 impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     /// Performs ioctl `request` on file `fd` with argument `arg`, byte-for-byte as the
     /// Linux kernel does. Returns the ioctl's non-negative result (a new descriptor for
@@ -161,6 +177,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 self.map_dma(fd, &request).map(|()| 0)
             }
             ioctl::IOMMU_UNMAP_DMA => self.type1_unmap(fd, buf),
+            ioctl::IOMMU_DIRTY_PAGES => self.type1_dirty_pages(fd, buf),
             _ => Err(Errno::ENOTTY),
         }
     }
@@ -200,26 +217,58 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 return Err(Errno::EINVAL);
             }
             let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
-            let available = buf.len().saturating_sub(48) as u64;
-            if bitmap.size > available || bitmap.pgsize == 0 {
-                return Err(Errno::EINVAL);
-            }
-            let shift = bitmap.pgsize.trailing_zeros();
-            let npages = unmap.size >> shift;
-            let words = npages.div_ceil(64);
-            if npages == 0 || bitmap.size == 0 || bitmap.size > 1 << 28 || bitmap.size < 8 * words {
-                return Err(Errno::EINVAL);
-            }
+            check_bitmap(buf.len(), unmap.size, &bitmap)?;
         }
         let request = UnmapDma {
             flags: unmap.flags,
             iova: unmap.iova,
             size: unmap.size,
         };
-        let total = self.unmap_dma(fd, &request)?;
+        let total = if unmap.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
+            let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
+            let end = 48 + bitmap.size as usize;
+            let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;
+            self.unmap_dma_dirty(fd, &request, bitmap.pgsize, bits)?
+        } else {
+            self.unmap_dma(fd, &request)?
+        };
         unmap.size = total;
         write_prefix(buf, &unmap, 24)?;
         Ok(0)
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` (spec/02-type1.md §10.2); the bitmap bytes of `GET_BITMAP`
+    /// follow the 48-byte structure.
+    fn type1_dirty_pages(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
+        if !self.type1(fd)?.is_some_and(crate::type1::Type1::is_v2) {
+            return Err(Errno::EACCES);
+        }
+        let head: uapi::GroupStatus = read_prefix(buf, 8)?;
+        let (argsz, flags) = (head.argsz, head.flags);
+        let known = dirty_flags::START | dirty_flags::STOP | dirty_flags::GET_BITMAP;
+        if argsz < 8 || flags & !known != 0 || flags.count_ones() != 1 {
+            return Err(Errno::EINVAL);
+        }
+        if flags != dirty_flags::GET_BITMAP {
+            return self.dirty_pages_control(fd, flags).map(|()| 0);
+        }
+        if argsz - 8 < 40 {
+            return Err(Errno::EINVAL);
+        }
+        let range: uapi::DmaUnmap = read_prefix(buf, 24)?;
+        if buf.len() < 48 {
+            return Err(Errno::EFAULT);
+        }
+        let bitmap: uapi::Bitmap = read_prefix(&buf[24..], 24)?;
+        if range.size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        crate::type1::IovaRange::new(range.iova, range.size)?;
+        check_bitmap(buf.len(), range.size, &bitmap)?;
+        let end = 48 + bitmap.size as usize;
+        let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;
+        self.dirty_bitmap(fd, range.iova, range.size, bitmap.pgsize, bits)
+            .map(|()| 0)
     }
 
     fn group_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {

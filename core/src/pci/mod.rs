@@ -1,1 +1,1099 @@
 //! vfio-pci: config-space virtualization, regions, IRQ indexes and resets (spec/03–05).
+//!
+//! [`PciDriver`] is the [`BusDriver`] for PCI functions. It owns the platform's
+//! [`PciAccess`] and [`EventSink`]; each registered function keeps one [`PciDevice`] in
+//! its registry slot. Nothing is read from hardware until the first open
+//! ([`BusDriver::open_device`], spec/05 §2), which builds the virtual config space
+//! ([`ConfigSpace`], spec/03 §1).
+//!
+//! # What is implemented, and what is not yet
+//!
+//! * Config space (spec/03): capability walks (§1, bounded), lengths (§2), access path
+//!   (§3), the tables of §4.1–§4.11 plus defaults (§4.12–§4.13), BAR/ROM sizing (§5.1),
+//!   Command handling with BAR restore (§5.2–§5.3), MSI Message Control (§6.2, §6.4),
+//!   PCIe/AF FLR traps (§6.5). Not yet: SR-IOV VF fix-ups (§1.2 items 2–3: the platform
+//!   has no "is VF" query), nointx quirks, the VPD handshake (§6.6: no platform VPD call;
+//!   address/data are virtual only), MRRS propagation (§6.5: no `set_readrq`), PM state
+//!   changes go to PMCSR directly instead of a platform power call (§6.1), no
+//!   mapping revocation (the core has no mmap).
+//! * Regions (spec/05 §5–§6): BAR0–5, ROM, CONFIG; VGA is refused (`EINVAL`). The ROM is
+//!   read through the platform without image validation (ERRATA 6's ENOMEM case is the
+//!   platform's to report).
+//! * IRQs (spec/04): GET_IRQ_INFO (recent profile + ERRATA 1, 2), SET_IRQS for every index.
+//!   INTx is virtual: the platform has no INTx line API, so enabling INTx never fails with
+//!   ENODEV, masking is tracked in the core, and the host side calls
+//!   [`PciDriver::intx_fired`] / [`PciDriver::intx_unmask`].
+
+mod config;
+mod perm;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    BytePermission, CapEntry, CapSpace, CapVisibility, ChainDefect, ChainDefectKind, ConfigSpace,
+    MsixInfo, Owner, CAP_TABLE_CAPACITY, CONFIG_SPACE_MAX, MAX_EXTENDED_CAPS, MAX_STANDARD_CAPS,
+};
+pub use perm::{cap_name, policy_for, Policy, RegPerm};
+
+use config::{WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY};
+
+use crate::errno::{Errno, Error as _, Result};
+use crate::platform::{BarIndex, BarKind, Bdf, EventSink, MsiKind, PciAccess, ResetMethod, Width};
+use crate::uapi::{
+    device_flags, irq_index, irq_info_flags, irq_set_flags, region_cap, region_flags, region_index,
+};
+use crate::vfio::driver::{BusDriver, CapChain, DeviceInfo, IrqInfo, IrqSetRequest, RegionInfo};
+
+/// Number of MSI/MSI-X vectors whose triggers a device can track.
+///
+/// MSI allows 32 vectors; MSI-X up to 2048, but devices assigned to one VM rarely use more
+/// than a few dozen. GET_IRQ_INFO still reports the real table size. SET_IRQS giving an
+/// eventfd to a vector at or above this capacity fails with `ENOSPC` (nothing of that
+/// vector is tracked; fd −1 for it is accepted); [`PciDriver::msi_fired`] returns `false`
+/// for such vectors.
+pub const MAX_VECTORS: usize = 64;
+
+/// Page size assumed for mmap eligibility of sub-page BARs (spec/05 §7), bytes.
+pub const PAGE_SIZE: u64 = 4096;
+
+const REGION_MASK: u64 = (1 << region_index::OFFSET_SHIFT) - 1;
+
+/// The device's single active interrupt mode (spec/04 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum IrqType {
+    /// Nothing enabled.
+    #[default]
+    None,
+    /// Legacy INTx.
+    Intx,
+    /// MSI.
+    Msi,
+    /// MSI-X.
+    Msix,
+}
+
+/// Per-device interrupt state (spec/04 §5–§6).
+#[derive(Debug, Clone)]
+struct IrqState<Ev> {
+    kind: IrqType,
+    intx_trigger: Option<Ev>,
+    intx_unmask: Option<Ev>,
+    intx_masked: bool,
+    vectors: [Option<Ev>; MAX_VECTORS],
+    allocated: u16,
+    err: Option<Ev>,
+    req: Option<Ev>,
+}
+
+impl<Ev: Copy> IrqState<Ev> {
+    const fn new() -> Self {
+        IrqState {
+            kind: IrqType::None,
+            intx_trigger: None,
+            intx_unmask: None,
+            intx_masked: false,
+            vectors: [None; MAX_VECTORS],
+            allocated: 0,
+            err: None,
+            req: None,
+        }
+    }
+}
+
+/// One PCI function as the vfio-pci driver sees it: its address plus, while open, the
+/// virtual config space and interrupt state. `Ev` is the platform's event token.
+#[derive(Debug, Clone)]
+pub struct PciDevice<Ev> {
+    bdf: Bdf,
+    open: bool,
+    reset_works: bool,
+    saved_command: u16,
+    config: ConfigSpace,
+    irq: IrqState<Ev>,
+}
+
+impl<Ev: Copy> PciDevice<Ev> {
+    /// A closed device for function `bdf`; nothing is read from hardware.
+    pub const fn new(bdf: Bdf) -> Self {
+        PciDevice {
+            bdf,
+            open: false,
+            reset_works: false,
+            saved_command: 0,
+            config: ConfigSpace::new(),
+            irq: IrqState::new(),
+        }
+    }
+
+    /// The function's address.
+    pub const fn bdf(&self) -> Bdf {
+        self.bdf
+    }
+
+    /// Whether the device is open (config state built).
+    pub const fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Whether the open-time function reset worked (`VFIO_DEVICE_FLAGS_RESET`, 05 §4.2).
+    pub const fn reset_works(&self) -> bool {
+        self.reset_works
+    }
+
+    /// The virtual config state (empty before the first open).
+    pub const fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    /// The active interrupt type (spec/04 §5).
+    pub const fn irq_type(&self) -> IrqType {
+        self.irq.kind
+    }
+
+    /// Whether INTx is currently masked (automasked or user-masked, spec/04 §6).
+    pub const fn intx_masked(&self) -> bool {
+        self.irq.intx_masked
+    }
+
+    fn memory_enabled(&self) -> bool {
+        self.config.vcommand() & CMD_MEMORY != 0 && self.config.power_state < 3
+    }
+}
+
+/// The vfio-pci bus driver: owns the platform's PCI access and event sink.
+#[derive(Debug)]
+pub struct PciDriver<A, E> {
+    access: A,
+    events: E,
+}
+
+fn perr<T, Er: crate::errno::Error>(r: core::result::Result<T, Er>) -> Result<T> {
+    r.map_err(|e| e.errno())
+}
+
+fn msi_qmax(nvec: u16) -> u8 {
+    // ceil(log2(nvec)): 1→0, 2→1, 3→2, 5→3, 32→5.
+    let n = u32::from(nvec.max(1));
+    (32 - (n - 1).leading_zeros()) as u8
+}
+
+impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
+    /// A driver over the platform's `access` and `events`.
+    pub const fn new(access: A, events: E) -> Self {
+        PciDriver { access, events }
+    }
+
+    /// The platform's PCI access.
+    pub fn access(&self) -> &A {
+        &self.access
+    }
+
+    /// The platform's PCI access, mutable (tools, tests).
+    pub fn access_mut(&mut self) -> &mut A {
+        &mut self.access
+    }
+
+    /// The event sink.
+    pub fn events(&self) -> &E {
+        &self.events
+    }
+
+    /// The event sink, mutable.
+    pub fn events_mut(&mut self) -> &mut E {
+        &mut self.events
+    }
+
+    /// A user-visible config read at `offset` (spec/03 §3.1), exactly as a read of the
+    /// CONFIG region would do it. Returns the bytes read (`buf.len()`).
+    ///
+    /// # Errors
+    /// `EFAULT` outside config space (or before open: size 0); platform errors.
+    pub fn read_config(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        offset: u16,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let bdf = state.bdf;
+        state
+            .config
+            .read(&mut self.access, bdf, u64::from(offset), buf)
+    }
+
+    /// A user config write at `offset` (spec/03 §3.1). Returns `data.len()`.
+    ///
+    /// # Errors
+    /// As [`PciDriver::read_config`].
+    pub fn write_config(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        offset: u16,
+        data: &[u8],
+    ) -> Result<usize> {
+        self.config_write(state, u64::from(offset), data)
+    }
+
+    fn config_write(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        pos: u64,
+        data: &[u8],
+    ) -> Result<usize> {
+        let bdf = state.bdf;
+        let mut fx = WriteEffects::default();
+        let msi_active = state.irq.kind == IrqType::Msi;
+        let r = state
+            .config
+            .write(&mut self.access, bdf, pos, data, msi_active, &mut fx);
+        if let Some(dis) = fx.intx_disable {
+            if dis {
+                self.intx_mask(state);
+            } else {
+                self.intx_unmask(state);
+            }
+        }
+        r
+    }
+
+    /// Interrupt entry for MSI/MSI-X: vector `vector` of `kind` fired on the host.
+    /// Signals the vector's trigger; returns whether an event was signalled (false when
+    /// `kind` is not the active type, the vector is untracked or has no trigger).
+    pub fn msi_fired(&self, state: &PciDevice<E::Event>, kind: MsiKind, vector: u16) -> bool {
+        let active = match kind {
+            MsiKind::Msi => IrqType::Msi,
+            MsiKind::Msix => IrqType::Msix,
+        };
+        if state.irq.kind != active {
+            return false;
+        }
+        match state
+            .irq
+            .vectors
+            .get(usize::from(vector))
+            .copied()
+            .flatten()
+        {
+            Some(ev) => {
+                self.events.signal(ev);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Interrupt entry for INTx (spec/04 §6.4): automasks (sets hardware DisINTx) and
+    /// signals the trigger. Returns whether the interrupt was taken (INTx active and not
+    /// already masked).
+    pub fn intx_fired(&mut self, state: &mut PciDevice<E::Event>) -> bool {
+        if state.irq.kind != IrqType::Intx || state.irq.intx_masked {
+            return false;
+        }
+        state.irq.intx_masked = true;
+        self.set_hw_intx_disable(state.bdf, true);
+        if !state.config.virq_disabled {
+            if let Some(ev) = state.irq.intx_trigger {
+                self.events.signal(ev);
+            }
+        }
+        true
+    }
+
+    /// INTx unmask (spec/04 §6.3): the UNMASK ioctl, the unmask eventfd, or the virtual
+    /// DisINTx being cleared. If the device still asserts INTx (Status bit 3), INTx stays
+    /// masked and the trigger is signalled again.
+    pub fn intx_unmask(&mut self, state: &mut PciDevice<E::Event>) {
+        let bdf = state.bdf;
+        if state.irq.kind != IrqType::Intx {
+            if !state.config.virq_disabled {
+                self.set_hw_intx_disable(bdf, false);
+            }
+            return;
+        }
+        if !state.irq.intx_masked || state.config.virq_disabled {
+            return;
+        }
+        let pending = perr(self.access.config_read(bdf, 0x06, Width::Word))
+            .map(|s| s & 0x0008 != 0)
+            .unwrap_or(false);
+        if pending {
+            if let Some(ev) = state.irq.intx_trigger {
+                self.events.signal(ev);
+            }
+        } else {
+            self.set_hw_intx_disable(bdf, false);
+        }
+        state.irq.intx_masked = pending;
+    }
+
+    fn intx_mask(&mut self, state: &mut PciDevice<E::Event>) {
+        self.set_hw_intx_disable(state.bdf, true);
+        if state.irq.kind == IrqType::Intx {
+            state.irq.intx_masked = true;
+        }
+    }
+
+    fn set_hw_intx_disable(&mut self, bdf: Bdf, on: bool) {
+        if let Ok(cmd) = perr(self.access.config_read(bdf, 0x04, Width::Word)) {
+            let new = if on {
+                cmd | u32::from(CMD_INTX_DISABLE)
+            } else {
+                cmd & !u32::from(CMD_INTX_DISABLE)
+            };
+            if new != cmd {
+                let _ = self.access.config_write(bdf, 0x04, Width::Word, new);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ open / close
+
+    /// vfio-pci's probe: decides whether function `bdf` can be bound to vfio-pci and
+    /// returns its (closed) device state for [`crate::vfio::Vfio::register_device`].
+    ///
+    /// # Errors
+    /// `ENODEV` when no function answers (vendor ID 0xffff or 0, or a config space smaller
+    /// than the 64-byte header); `EINVAL` for any header type but 0 (bridges and CardBus
+    /// bridges are never assigned); the platform's error when config space cannot be read.
+    pub fn probe(&mut self, bdf: Bdf) -> Result<PciDevice<E::Event>> {
+        self.check_function(bdf).map(|_| PciDevice::new(bdf))
+    }
+
+    /// Checks that a type-0 function answers at `bdf`; returns its config size in bytes.
+    fn check_function(&mut self, bdf: Bdf) -> Result<u16> {
+        let size = perr(self.access.config_size(bdf))?;
+        if size < 0x40 {
+            return Err(Errno::ENODEV);
+        }
+        let vendor = perr(self.access.config_read(bdf, 0x00, Width::Word))?;
+        if vendor == 0xFFFF || vendor == 0 {
+            return Err(Errno::ENODEV);
+        }
+        let header = perr(self.access.config_read(bdf, 0x0E, Width::Byte))?;
+        if header & 0x7F != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(size)
+    }
+
+    fn do_open(&mut self, state: &mut PciDevice<E::Event>) -> Result<()> {
+        let bdf = state.bdf;
+        let size = self.check_function(bdf)?;
+        // Step 2: clear bus mastering before anything is saved.
+        let command = perr(self.access.config_read(bdf, 0x04, Width::Word))? as u16;
+        state.saved_command = command & !CMD_MASTER;
+        // Step 3: enable decode for the resources the function has.
+        let mut decode = 0u16;
+        for bar in BarIndex::ALL {
+            let r = perr(self.access.bar_resource(bdf, bar))?;
+            if r.size != 0 {
+                decode |= if r.kind == BarKind::Io {
+                    CMD_IO
+                } else {
+                    CMD_MEMORY
+                };
+            }
+        }
+        if perr(self.access.rom_size(bdf))? != 0 {
+            decode |= CMD_MEMORY;
+        }
+        let enabled = (command & !CMD_MASTER) | decode;
+        perr(
+            self.access
+                .config_write(bdf, 0x04, Width::Word, u32::from(enabled)),
+        )?;
+        // Step 4: try a function reset.
+        state.reset_works = false;
+        if self.access.reset_supported(bdf, ResetMethod::Function) {
+            match self.access.reset(bdf, ResetMethod::Function) {
+                Ok(()) => state.reset_works = true,
+                Err(e) if e.errno() == Errno::EAGAIN => {
+                    let _ = self.access.config_write(
+                        bdf,
+                        0x04,
+                        Width::Word,
+                        u32::from(state.saved_command),
+                    );
+                    return Err(Errno::EAGAIN);
+                }
+                Err(_) => {}
+            }
+        }
+        // Step 8: build the config map and vconfig.
+        if let Err(e) = state.config.build(&mut self.access, bdf, size) {
+            let _ =
+                self.access
+                    .config_write(bdf, 0x04, Width::Word, u32::from(state.saved_command));
+            return Err(e);
+        }
+        state.irq = IrqState::new();
+        state.open = true;
+        Ok(())
+    }
+
+    fn disable_irqs(&mut self, state: &mut PciDevice<E::Event>) {
+        match state.irq.kind {
+            IrqType::Msi | IrqType::Msix => self.msi_disable(state),
+            IrqType::Intx => {
+                state.irq.intx_trigger = None;
+                state.irq.intx_unmask = None;
+                state.irq.kind = IrqType::None;
+            }
+            IrqType::None => {}
+        }
+    }
+
+    fn msi_disable(&mut self, state: &mut PciDevice<E::Event>) {
+        state.irq.vectors = [None; MAX_VECTORS];
+        self.access.irq_vectors_free(state.bdf);
+        state.irq.allocated = 0;
+        state.irq.kind = IrqType::None;
+    }
+
+    // ------------------------------------------------------------------ regions
+
+    fn bar_info(
+        &mut self,
+        state: &PciDevice<E::Event>,
+        index: u32,
+        caps: &mut CapChain<'_>,
+    ) -> Result<RegionInfo> {
+        let offset = u64::from(index) << region_index::OFFSET_SHIFT;
+        let bar = BarIndex::new(index as u8).ok_or(Errno::EINVAL)?;
+        let r = perr(self.access.bar_resource(state.bdf, bar))?;
+        if r.size == 0 {
+            return Ok(RegionInfo {
+                flags: 0,
+                size: 0,
+                offset,
+            });
+        }
+        let mut flags = region_flags::READ | region_flags::WRITE;
+        if r.kind != BarKind::Io && (r.size >= PAGE_SIZE || r.start % PAGE_SIZE == 0) {
+            flags |= region_flags::MMAP;
+            if state
+                .config
+                .msix()
+                .is_some_and(|m| u32::from(m.bar) == index)
+            {
+                caps.add(region_cap::MSIX_MAPPABLE, 1, &[])?;
+            }
+        }
+        Ok(RegionInfo {
+            flags,
+            size: r.size,
+            offset,
+        })
+    }
+
+    fn bar_rw(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        index: u32,
+        pos: u64,
+        mut io: Io<'_>,
+    ) -> Result<usize> {
+        let bdf = state.bdf;
+        let bar = BarIndex::new(index as u8).ok_or(Errno::EINVAL)?;
+        let r = perr(self.access.bar_resource(bdf, bar))?;
+        if r.size == 0 || pos >= r.size {
+            return Err(Errno::EINVAL);
+        }
+        let count = io
+            .len()
+            .min(usize::try_from(r.size - pos).unwrap_or(usize::MAX));
+        let excluded = state
+            .config
+            .msix()
+            .filter(|m| u32::from(m.bar) == index)
+            .map(|m| {
+                (
+                    u64::from(m.table_offset),
+                    u64::from(m.table_offset) + u64::from(m.table_bytes),
+                )
+            });
+        let gated = r.kind != BarKind::Io;
+        let mem_on = state.memory_enabled();
+        let mut done = 0usize;
+        while done < count {
+            let p = pos + done as u64;
+            let left = count - done;
+            let fillable = match excluded {
+                Some((xs, xe)) if p >= xs && p < xe => {
+                    let n = left.min(usize::try_from(xe - p).unwrap_or(usize::MAX));
+                    io.fill_excluded(done, n);
+                    done += n;
+                    continue;
+                }
+                Some((xs, _)) if p < xs => left.min(usize::try_from(xs - p).unwrap_or(usize::MAX)),
+                _ => left,
+            };
+            let w = if fillable >= 8 && p % 8 == 0 {
+                8
+            } else if fillable >= 4 && p % 4 == 0 {
+                4
+            } else if fillable >= 2 && p % 2 == 0 {
+                2
+            } else {
+                1
+            };
+            if gated && !mem_on {
+                return Err(Errno::EIO);
+            }
+            match &mut io {
+                Io::Read(b) => {
+                    let s = b.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
+                    perr(self.access.bar_read(bdf, bar, p, s))?;
+                }
+                Io::Write(d) => {
+                    let s = d.get(done..done + w).ok_or(Errno::EINVAL)?;
+                    perr(self.access.bar_write(bdf, bar, p, s))?;
+                }
+            }
+            done += w;
+        }
+        Ok(count)
+    }
+
+    fn rom_read(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        pos: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let bdf = state.bdf;
+        let size = perr(self.access.rom_size(bdf))?;
+        if size == 0 || pos >= size {
+            return Err(Errno::EINVAL);
+        }
+        let count = buf
+            .len()
+            .min(usize::try_from(size - pos).unwrap_or(usize::MAX));
+        if !state.memory_enabled() {
+            return Err(Errno::EIO);
+        }
+        let mut done = 0usize;
+        while done < count {
+            let p = pos + done as u64;
+            let left = count - done;
+            let w = if left >= 4 && p % 4 == 0 {
+                4
+            } else if left >= 2 && p % 2 == 0 {
+                2
+            } else {
+                1
+            };
+            let s = buf.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
+            perr(self.access.rom_read(bdf, p, s))?;
+            done += w;
+        }
+        Ok(count)
+    }
+
+    // ------------------------------------------------------------------ SET_IRQS
+
+    fn irq_count(&mut self, state: &PciDevice<E::Event>, index: u32) -> u32 {
+        match index {
+            irq_index::INTX => u32::from(state.config.interrupt_pin() != 0),
+            irq_index::MSI => match state.config.msi() {
+                Some((cap, _)) => {
+                    let hw =
+                        perr(self.access.config_read(state.bdf, cap + 2, Width::Word)).unwrap_or(0);
+                    1 << ((hw & 0x000E) >> 1)
+                }
+                None => 0,
+            },
+            irq_index::MSIX => match state.config.msix() {
+                Some(m) => {
+                    let hw = perr(self.access.config_read(state.bdf, m.cap + 2, Width::Word))
+                        .unwrap_or(0);
+                    (hw & 0x07FF) + 1
+                }
+                None => 0,
+            },
+            irq_index::ERR | irq_index::REQ => 1,
+            _ => 0,
+        }
+    }
+
+    fn set_intx(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        req: &IrqSetRequest,
+        data: &[u8],
+    ) -> Result<u32> {
+        let dt = req.data_type();
+        match req.action() {
+            irq_set_flags::ACTION_MASK | irq_set_flags::ACTION_UNMASK => {
+                if state.irq.kind != IrqType::Intx || req.start != 0 || req.count != 1 {
+                    return Err(Errno::EINVAL);
+                }
+                let unmask = req.action() == irq_set_flags::ACTION_UNMASK;
+                match dt {
+                    irq_set_flags::DATA_EVENTFD if !unmask => return Err(Errno::ENOTTY),
+                    irq_set_flags::DATA_EVENTFD => {
+                        let fd = fd_at(data, 0).ok_or(Errno::EINVAL)?;
+                        if fd < 0 {
+                            state.irq.intx_unmask = None;
+                        } else {
+                            if state.irq.intx_unmask.is_some() {
+                                return Err(Errno::EBUSY);
+                            }
+                            state.irq.intx_unmask = Some(self.events.resolve(fd)?);
+                        }
+                    }
+                    _ => {
+                        let go =
+                            dt == irq_set_flags::DATA_NONE || data.first().is_some_and(|b| *b != 0);
+                        if go && unmask {
+                            self.intx_unmask(state);
+                        } else if go {
+                            self.intx_mask(state);
+                        }
+                    }
+                }
+                Ok(0)
+            }
+            _ => {
+                if state.irq.kind == IrqType::Intx
+                    && req.count == 0
+                    && dt == irq_set_flags::DATA_NONE
+                {
+                    self.disable_irqs(state);
+                    return Ok(0);
+                }
+                if !matches!(state.irq.kind, IrqType::Intx | IrqType::None)
+                    || req.start != 0
+                    || req.count != 1
+                {
+                    return Err(Errno::EINVAL);
+                }
+                if dt == irq_set_flags::DATA_EVENTFD {
+                    let fd = fd_at(data, 0).ok_or(Errno::EINVAL)?;
+                    let ev = if fd >= 0 {
+                        Some(self.events.resolve(fd)?)
+                    } else {
+                        None
+                    };
+                    if state.irq.kind != IrqType::Intx {
+                        state.irq.kind = IrqType::Intx;
+                        state.irq.intx_masked = state.config.virq_disabled;
+                        self.set_hw_intx_disable(state.bdf, state.irq.intx_masked);
+                    }
+                    state.irq.intx_trigger = ev;
+                    return Ok(0);
+                }
+                if state.irq.kind != IrqType::Intx {
+                    return Err(Errno::EINVAL);
+                }
+                let go = dt == irq_set_flags::DATA_NONE || data.first().is_some_and(|b| *b != 0);
+                if go && !state.config.virq_disabled {
+                    if let Some(ev) = state.irq.intx_trigger {
+                        self.events.signal(ev);
+                    }
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    fn set_msi(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        req: &IrqSetRequest,
+        data: &[u8],
+    ) -> Result<u32> {
+        let msix = req.index == irq_index::MSIX;
+        let (this, kind) = if msix {
+            (IrqType::Msix, MsiKind::Msix)
+        } else {
+            (IrqType::Msi, MsiKind::Msi)
+        };
+        let dt = req.data_type();
+        if state.irq.kind == this && req.count == 0 && dt == irq_set_flags::DATA_NONE {
+            self.msi_disable(state);
+            return Ok(0);
+        }
+        if state.irq.kind != this && state.irq.kind != IrqType::None {
+            return Err(Errno::EINVAL);
+        }
+        if dt == irq_set_flags::DATA_EVENTFD {
+            if state.irq.kind == this {
+                self.set_block(state, req, data, msix)?;
+                return Ok(0);
+            }
+            let nvec = req.start.checked_add(req.count).ok_or(Errno::EINVAL)?;
+            if nvec == 0 {
+                return Err(Errno::ERANGE);
+            }
+            let nvec = u16::try_from(nvec).map_err(|_| Errno::EINVAL)?;
+            let granted = perr(self.access.irq_vectors_alloc(state.bdf, kind, nvec))?;
+            if granted < nvec {
+                self.access.irq_vectors_free(state.bdf);
+                return Ok(u32::from(granted));
+            }
+            state.irq.kind = this;
+            state.irq.allocated = nvec;
+            state.irq.vectors = [None; MAX_VECTORS];
+            if !msix {
+                state.config.msi_qmax = msi_qmax(nvec);
+            }
+            if let Err(e) = self.set_block(state, req, data, msix) {
+                self.msi_disable(state);
+                return Err(e);
+            }
+            return Ok(0);
+        }
+        if state.irq.kind != this {
+            return Err(Errno::EINVAL);
+        }
+        for i in 0..req.count {
+            let v = req.start.saturating_add(i) as usize;
+            let go =
+                dt == irq_set_flags::DATA_NONE || data.get(i as usize).is_some_and(|b| *b != 0);
+            if let (true, Some(Some(ev))) = (go, state.irq.vectors.get(v)) {
+                self.events.signal(*ev);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Grows an enabled MSI-X block to `nvec` vectors (dynamic MSI-X, ERRATA 3). The
+    /// platform has no per-vector allocation call, so the block is re-allocated whole.
+    fn msix_grow(&mut self, state: &mut PciDevice<E::Event>, nvec: u16) -> Result<()> {
+        let bdf = state.bdf;
+        self.access.irq_vectors_free(bdf);
+        let granted = perr(self.access.irq_vectors_alloc(bdf, MsiKind::Msix, nvec)).unwrap_or(0);
+        if granted >= nvec {
+            state.irq.allocated = nvec;
+            return Ok(());
+        }
+        self.access.irq_vectors_free(bdf);
+        let old = state.irq.allocated;
+        let back = perr(self.access.irq_vectors_alloc(bdf, MsiKind::Msix, old)).unwrap_or(0);
+        if back < old {
+            self.msi_disable(state);
+        }
+        Err(Errno::ENOSPC)
+    }
+
+    fn set_block(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        req: &IrqSetRequest,
+        data: &[u8],
+        msix: bool,
+    ) -> Result<()> {
+        for i in 0..req.count {
+            let v = req.start.saturating_add(i);
+            let fd = fd_at(data, i as usize).ok_or(Errno::EINVAL)?;
+            if let Some(slot) = state.irq.vectors.get_mut(v as usize) {
+                *slot = None;
+            }
+            if fd < 0 {
+                continue;
+            }
+            let res = self.set_vector(state, v, fd, msix);
+            if let Err(e) = res {
+                for j in req.start..=v {
+                    if let Some(slot) = state.irq.vectors.get_mut(j as usize) {
+                        *slot = None;
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_vector(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        v: u32,
+        fd: i32,
+        msix: bool,
+    ) -> Result<()> {
+        if v as usize >= MAX_VECTORS {
+            return Err(Errno::ENOSPC);
+        }
+        if v >= u32::from(state.irq.allocated) {
+            if !msix {
+                return Err(Errno::EINVAL);
+            }
+            self.msix_grow(state, (v + 1) as u16)?;
+        }
+        let ev = self.events.resolve(fd)?;
+        if let Some(slot) = state.irq.vectors.get_mut(v as usize) {
+            *slot = Some(ev);
+        }
+        Ok(())
+    }
+
+    fn set_single(
+        &mut self,
+        state: &mut PciDevice<E::Event>,
+        req: &IrqSetRequest,
+        data: &[u8],
+    ) -> Result<u32> {
+        if req.start != 0 || req.count > 1 {
+            return Err(Errno::EINVAL);
+        }
+        let err_index = req.index == irq_index::ERR;
+        let current = if err_index {
+            state.irq.err
+        } else {
+            state.irq.req
+        };
+        let new = match req.data_type() {
+            irq_set_flags::DATA_NONE => {
+                let ev = current.ok_or(Errno::EINVAL)?;
+                if req.count == 1 {
+                    self.events.signal(ev);
+                    return Ok(0);
+                }
+                None
+            }
+            irq_set_flags::DATA_BOOL => {
+                if req.count == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                if let (Some(ev), true) = (current, data.first().is_some_and(|b| *b != 0)) {
+                    self.events.signal(ev);
+                }
+                return Ok(0);
+            }
+            _ => {
+                if req.count == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                match fd_at(data, 0).ok_or(Errno::EINVAL)? {
+                    -1 => None,
+                    fd if fd >= 0 => Some(self.events.resolve(fd)?),
+                    _ => return Ok(0),
+                }
+            }
+        };
+        if err_index {
+            state.irq.err = new;
+        } else {
+            state.irq.req = new;
+        }
+        Ok(0)
+    }
+}
+
+/// The `i`-th s32 eventfd of SET_IRQS data.
+fn fd_at(data: &[u8], i: usize) -> Option<i32> {
+    let start = i.checked_mul(4)?;
+    let b = data.get(start..start.checked_add(4)?)?;
+    Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Direction of a BAR transfer.
+enum Io<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+impl Io<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Io::Read(b) => b.len(),
+            Io::Write(d) => d.len(),
+        }
+    }
+
+    /// Reads of the excluded MSI-X table range return 0xFF; writes are dropped.
+    fn fill_excluded(&mut self, at: usize, n: usize) {
+        if let Io::Read(b) = self {
+            if let Some(s) = b.get_mut(at..at.saturating_add(n)) {
+                s.fill(0xFF);
+            }
+        }
+    }
+}
+
+impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
+    type State = PciDevice<E::Event>;
+
+    /// Enable at first open (spec/05 §2): refuses absent functions (`ENODEV`) and
+    /// non-type-0 headers (`EINVAL`), clears bus master, enables decode, tries a function
+    /// reset (`EAGAIN` when contended), builds the config state (platform read errors).
+    fn open_device(&mut self, state: &mut Self::State) -> Result<()> {
+        self.do_open(state)
+    }
+
+    /// Disable at last close (spec/05 §3): bus master off, IRQs disabled (vectors freed),
+    /// triggers dropped, Command 0x0400 during the reset, function reset if it worked at
+    /// open, BARs and the Command register as saved at open restored (the core's stand-in
+    /// for the platform's saved config state).
+    fn close_device(&mut self, state: &mut Self::State) {
+        let bdf = state.bdf;
+        if let Ok(cmd) = perr(self.access.config_read(bdf, 0x04, Width::Word)) {
+            let _ = self
+                .access
+                .config_write(bdf, 0x04, Width::Word, cmd & !u32::from(CMD_MASTER));
+        }
+        self.disable_irqs(state);
+        state.config.virq_disabled = false;
+        let _ = self
+            .access
+            .config_write(bdf, 0x04, Width::Word, u32::from(CMD_INTX_DISABLE));
+        if state.reset_works {
+            let _ = self.access.reset(bdf, ResetMethod::Function);
+        }
+        let _ = state.config.restore_bars(&mut self.access, bdf);
+        let _ = self
+            .access
+            .config_write(bdf, 0x04, Width::Word, u32::from(state.saved_command));
+        state.irq = IrqState::new();
+        state.open = false;
+    }
+
+    fn device_info(
+        &mut self,
+        state: &mut Self::State,
+        _caps: &mut CapChain<'_>,
+    ) -> Result<DeviceInfo> {
+        let mut flags = device_flags::PCI;
+        if state.reset_works {
+            flags |= device_flags::RESET;
+        }
+        Ok(DeviceInfo {
+            flags,
+            num_regions: region_index::NUM,
+            num_irqs: irq_index::NUM,
+        })
+    }
+
+    fn region_info(
+        &mut self,
+        state: &mut Self::State,
+        index: u32,
+        caps: &mut CapChain<'_>,
+    ) -> Result<RegionInfo> {
+        let offset = u64::from(index) << region_index::OFFSET_SHIFT;
+        match index {
+            region_index::BAR0..=region_index::BAR5 => self.bar_info(state, index, caps),
+            region_index::ROM => {
+                let size = perr(self.access.rom_size(state.bdf))?;
+                let flags = if size != 0 { region_flags::READ } else { 0 };
+                Ok(RegionInfo {
+                    flags,
+                    size,
+                    offset,
+                })
+            }
+            region_index::CONFIG => Ok(RegionInfo {
+                flags: region_flags::READ | region_flags::WRITE,
+                size: u64::from(state.config.size()),
+                offset,
+            }),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn irq_info(&mut self, state: &mut Self::State, index: u32) -> Result<IrqInfo> {
+        let count = self.irq_count(state, index);
+        let flags = match index {
+            irq_index::INTX => {
+                irq_info_flags::EVENTFD | irq_info_flags::MASKABLE | irq_info_flags::AUTOMASKED
+            }
+            irq_index::MSIX if count > 0 => irq_info_flags::EVENTFD,
+            irq_index::MSI | irq_index::MSIX | irq_index::ERR | irq_index::REQ => {
+                irq_info_flags::EVENTFD | irq_info_flags::NORESIZE
+            }
+            _ => return Err(Errno::EINVAL),
+        };
+        Ok(IrqInfo { flags, count })
+    }
+
+    fn set_irqs(
+        &mut self,
+        state: &mut Self::State,
+        request: &IrqSetRequest,
+        data: &[u8],
+    ) -> Result<u32> {
+        let action = request.action();
+        let supported = match request.index {
+            irq_index::INTX => irq_set_flags::ACTION_TYPE_MASK,
+            irq_index::MSI | irq_index::MSIX | irq_index::ERR | irq_index::REQ => {
+                irq_set_flags::ACTION_TRIGGER
+            }
+            _ => 0,
+        };
+        if action.count_ones() != 1 || action & supported == 0 {
+            return Err(Errno::ENOTTY);
+        }
+        match request.index {
+            irq_index::INTX => self.set_intx(state, request, data),
+            irq_index::MSI | irq_index::MSIX => self.set_msi(state, request, data),
+            _ => self.set_single(state, request, data),
+        }
+    }
+
+    /// `VFIO_DEVICE_RESET` (spec/05 §4.2): `EINVAL` without a working reset; else the
+    /// platform's function reset (its errno), then hardware BARs are restored if the
+    /// reset lost them (spec/03 §5.3) and the Command register is put back.
+    fn reset(&mut self, state: &mut Self::State) -> Result<()> {
+        if !state.reset_works {
+            return Err(Errno::EINVAL);
+        }
+        let bdf = state.bdf;
+        let cmd = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
+        perr(self.access.reset(bdf, ResetMethod::Function))?;
+        if state.config.bars_lost(&mut self.access, bdf)? {
+            state.config.restore_bars(&mut self.access, bdf)?;
+        }
+        let now = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
+        if now != cmd {
+            perr(self.access.config_write(bdf, 0x04, Width::Word, cmd))?;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, state: &mut Self::State, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let index = offset >> region_index::OFFSET_SHIFT;
+        let pos = offset & REGION_MASK;
+        match u32::try_from(index).unwrap_or(u32::MAX) {
+            i @ region_index::BAR0..=region_index::BAR5 => {
+                self.bar_rw(state, i, pos, Io::Read(buf))
+            }
+            region_index::ROM => self.rom_read(state, pos, buf),
+            region_index::CONFIG => {
+                let bdf = state.bdf;
+                state.config.read(&mut self.access, bdf, pos, buf)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn write(&mut self, state: &mut Self::State, offset: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let index = offset >> region_index::OFFSET_SHIFT;
+        let pos = offset & REGION_MASK;
+        match u32::try_from(index).unwrap_or(u32::MAX) {
+            i @ region_index::BAR0..=region_index::BAR5 => {
+                self.bar_rw(state, i, pos, Io::Write(data))
+            }
+            region_index::CONFIG => self.config_write(state, pos, data),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn request(&mut self, state: &mut Self::State, count: u32) {
+        match state.irq.req {
+            Some(ev) => self.events.signal(ev),
+            None if count == 0 => {
+                vfio_warn!("pci: device request with no REQ trigger; blocked until released")
+            }
+            None => {}
+        }
+    }
+}

@@ -67,6 +67,9 @@ pub struct DmaEntry {
     pub lock_cap: bool,
     /// Pages this entry currently charges to the owner's locked-memory count.
     pub locked_pages: u64,
+    /// Every page is reported dirty at the next bitmap report (set when a non-pinned group
+    /// detaches while dirty tracking is on, spec/02-type1.md §5.2 step 5).
+    pub dirty_all: bool,
 }
 
 impl DmaEntry {
@@ -80,6 +83,7 @@ impl DmaEntry {
         vaddr_invalid: false,
         lock_cap: false,
         locked_pages: 0,
+        dirty_all: false,
     };
 
     /// The inclusive range the entry covers (`[iova, iova + size − 1]`); an entry of size 0

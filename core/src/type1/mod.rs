@@ -105,6 +105,21 @@ pub struct Type1 {
     pgsize_bitmap: u64,
     iova_list: IovaList,
     vaddr_invalid_count: u32,
+    dirty_tracking: bool,
+}
+
+/// Largest number of pages one entry may have while dirty tracking is on (2^31 − 1,
+/// spec/02-type1.md §6.2 M13, §10.2 P4).
+const DIRTY_MAX_PAGES: u64 = (1 << 31) - 1;
+
+/// `VFIO_IOMMU_DIRTY_PAGES` flags (spec/02-type1.md §10.1).
+pub mod dirty_flags {
+    /// Start tracking.
+    pub const START: u32 = 1 << 0;
+    /// Stop tracking.
+    pub const STOP: u32 = 1 << 1;
+    /// Report the dirty bitmap of a range.
+    pub const GET_BITMAP: u32 = 1 << 2;
 }
 
 /// `bitmap` with sub-page sizes folded into `page_size` (spec/02-type1.md §3).
@@ -137,6 +152,7 @@ impl Type1 {
             pgsize_bitmap: !page_size.wrapping_sub(1),
             iova_list: IovaList::new(),
             vaddr_invalid_count: 0,
+            dirty_tracking: false,
         })
     }
 
@@ -378,6 +394,11 @@ impl Type1 {
         };
         let domain_id = self.domains[index].info.id;
         iommu.detach(domain_id, group);
+        if self.dirty_tracking {
+            for entry in map.entries_mut() {
+                entry.dirty_all = true;
+            }
+        }
         let domain = &mut self.domains[index];
         if let Some(pos) = domain.groups.iter().position(|&g| g == group) {
             domain.groups.remove(pos);
@@ -562,7 +583,11 @@ impl Type1 {
             vaddr_invalid: false,
             lock_cap: memory.lock_cap(),
             locked_pages: 0,
+            dirty_all: false,
         };
+        if self.dirty_tracking && request.size / self.pgsize() > DIRTY_MAX_PAGES {
+            return Err(Errno::EINVAL);
+        }
         if !self.domains.is_empty() {
             let ids = self.domain_ids();
             entry.locked_pages = pin_and_map(iommu, memory, &ids, &entry, memory.page_size())?;
@@ -587,19 +612,23 @@ impl Type1 {
         Ok(())
     }
 
-    /// `VFIO_IOMMU_UNMAP_DMA` without a dirty bitmap (spec/02-type1.md §7.2 U5–U11).
-    /// Returns the number of bytes unmapped (or invalidated, with `VADDR`).
+    /// `VFIO_IOMMU_UNMAP_DMA` (spec/02-type1.md §7.2 U5–U11). Returns the number of bytes
+    /// unmapped (or invalidated, with `VADDR`). With `GET_DIRTY_BITMAP`, `bitmap` is
+    /// `(pgsize, buffer)`: the dirty bits of the removed entries are set in `buffer`
+    /// relative to `request.iova` (spec/02-type1.md §10.3).
     ///
     /// # Errors
     /// `EBUSY` VADDR with an emulated group; `EINVAL` misaligned iova/size, size 0, `ALL`
-    /// with a non-zero iova or size, v2 bisection, double VADDR invalidation, or
-    /// `GET_DIRTY_BITMAP` (dirty tracking is off); `EOVERFLOW` range wrap.
+    /// with a non-zero iova or size, a dirty bitmap while tracking is off or with another
+    /// page size, v2 bisection, double VADDR invalidation; `EOVERFLOW` range wrap; `EFAULT`
+    /// when `buffer` is too short for an entry's bits.
     pub fn unmap_dma<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
         iommu: &mut I,
         memory: &mut M,
         request: &UnmapDma,
+        mut bitmap: Option<(u64, &mut [u8])>,
     ) -> Result<u64> {
         let all = request.flags & dma_unmap_flags::ALL != 0;
         let vaddr = request.flags & dma_unmap_flags::VADDR != 0;
@@ -625,8 +654,12 @@ impl Type1 {
             IovaRange::new(request.iova, request.size)?
         };
         if request.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
-            // Dirty tracking is never on in this version (spec/02-type1.md §7.2 U9).
-            return Err(Errno::EINVAL);
+            let pgsize = bitmap.as_ref().map_or(0, |b| b.0);
+            if !self.dirty_tracking || pgsize != self.pgsize() {
+                return Err(Errno::EINVAL);
+            }
+        } else {
+            bitmap = None;
         }
         if self.v2 && !all {
             if let Some(i) = map.find(range.first) {
@@ -666,9 +699,119 @@ impl Type1 {
                 index += 1;
                 continue;
             }
+            if let Some((_, buffer)) = bitmap.as_mut() {
+                self.report_dirty(&mut map.entries_mut()[index], range.first, buffer)?;
+            }
             total = total.wrapping_add(self.remove_entry(map, iommu, memory, index));
         }
         Ok(total)
+    }
+
+    /// Sets the dirty bits of `entry` in `buffer` (bit k = page `start + k × pgsize`) and
+    /// resets the entry's dirty state (spec/02-type1.md §10.3).
+    fn report_dirty(&self, entry: &mut DmaEntry, start: u64, buffer: &mut [u8]) -> Result<()> {
+        let pgsize = self.pgsize();
+        let iommu_dirty = entry.iommu_mapped && self.non_pinned_groups() > 0;
+        if iommu_dirty || entry.dirty_all {
+            let first = (entry.iova - start) / pgsize;
+            let pages = entry.size / pgsize;
+            set_bits(buffer, first, pages)?;
+        }
+        entry.dirty_all = false;
+        Ok(())
+    }
+
+    /// IOMMU-backed groups, which may dirty any mapped page (spec/02-type1.md §10.4).
+    fn non_pinned_groups(&self) -> usize {
+        self.domains.iter().map(|d| d.groups.len()).sum()
+    }
+
+    /// Whether dirty page tracking is on.
+    pub fn dirty_tracking(&self) -> bool {
+        self.dirty_tracking
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` with `START` or `STOP` (spec/02-type1.md §10.2 P1, P4, P5).
+    ///
+    /// # Errors
+    /// `EACCES` on a v1 instance; `EINVAL` when `START` finds an entry of more than
+    /// 2^31 − 1 pages, or `flags` is not exactly `START` or `STOP`.
+    pub fn dirty_pages_control(&mut self, map: &mut DmaMap<'_>, flags: u32) -> Result<()> {
+        if !self.v2 {
+            return Err(Errno::EACCES);
+        }
+        match flags {
+            dirty_flags::START => {
+                if self.dirty_tracking {
+                    return Ok(());
+                }
+                let pgsize = self.pgsize();
+                if map
+                    .entries()
+                    .iter()
+                    .any(|e| e.size / pgsize > DIRTY_MAX_PAGES)
+                {
+                    return Err(Errno::EINVAL);
+                }
+                for entry in map.entries_mut() {
+                    entry.dirty_all = false;
+                }
+                self.dirty_tracking = true;
+                Ok(())
+            }
+            dirty_flags::STOP => {
+                self.dirty_tracking = false;
+                Ok(())
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` with `GET_BITMAP` after the ABI checks (spec/02-type1.md
+    /// §10.2 P6 from the page-size check on): writes the dirty bits of every entry starting
+    /// in `[iova, iova + size − 1]` into `buffer`.
+    ///
+    /// # Errors
+    /// `EACCES` on v1; `EINVAL` for a bitmap page size other than the container's, a
+    /// misaligned range, tracking off, or a range that bisects an entry; `EOVERFLOW` range
+    /// wrap; `EFAULT` when `buffer` is too short.
+    pub fn dirty_bitmap(
+        &self,
+        map: &mut DmaMap<'_>,
+        iova: u64,
+        size: u64,
+        bitmap_pgsize: u64,
+        buffer: &mut [u8],
+    ) -> Result<()> {
+        if !self.v2 {
+            return Err(Errno::EACCES);
+        }
+        let range = IovaRange::new(iova, size)?;
+        let pgsize = self.pgsize();
+        if bitmap_pgsize != pgsize || (iova | size) & (pgsize - 1) != 0 || !self.dirty_tracking {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(i) = map.find(range.first) {
+            if map.entries()[i].iova != range.first {
+                return Err(Errno::EINVAL);
+            }
+        }
+        if let Some(i) = map.find(range.last) {
+            if map.entries()[i].range().last != range.last {
+                return Err(Errno::EINVAL);
+            }
+        }
+        let Some(mut index) = map.first_overlapping(range) else {
+            return Ok(());
+        };
+        while let Some(entry) = map.entries_mut().get_mut(index) {
+            if entry.iova > range.last {
+                break;
+            }
+            self.report_dirty(entry, range.first, buffer)?;
+            index += 1;
+        }
+        Ok(())
     }
 
     /// Builds the `VFIO_IOMMU_GET_INFO` capability chain (spec/02-type1.md §9.2) and returns
@@ -695,6 +838,34 @@ impl Type1 {
         }
         Ok((info_flags::PGSIZES | info_flags::CAPS, self.pgsize_bitmap))
     }
+}
+
+/// Sets bits `[first, first + count)` of the little-endian u64-word bitmap `buffer`.
+///
+/// # Errors
+/// `EFAULT` when the bits do not fit in `buffer`.
+fn set_bits(buffer: &mut [u8], first: u64, count: u64) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let end = first.checked_add(count).ok_or(Errno::EFAULT)?;
+    let last_byte = usize::try_from((end - 1) / 8).map_err(|_| Errno::EFAULT)?;
+    if last_byte >= buffer.len() {
+        return Err(Errno::EFAULT);
+    }
+    let mut bit = first;
+    while bit < end {
+        let byte = (bit / 8) as usize;
+        if bit % 8 == 0 && end - bit >= 8 {
+            let whole = ((end - bit) / 8) as usize;
+            buffer[byte..byte + whole].fill(0xff);
+            bit += (whole as u64) * 8;
+        } else {
+            buffer[byte] |= 1 << (bit % 8);
+            bit += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Pins `entry`'s memory run by run and maps each run into every domain of `domains`

@@ -598,7 +598,49 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// `EINVAL` when the container has no backend; otherwise [`Type1::unmap_dma`]'s errors.
     pub fn unmap_dma(&mut self, fd: Fd, request: &UnmapDma) -> Result<u64> {
         let (backend, map, iommu, memory) = self.backend_parts(fd)?;
-        backend.unmap_dma(map, iommu, memory, request)
+        backend.unmap_dma(map, iommu, memory, request, None)
+    }
+
+    /// `VFIO_IOMMU_UNMAP_DMA` with `GET_DIRTY_BITMAP`: `bitmap` receives the dirty bits of
+    /// the removed entries, `pgsize` bytes per bit, relative to `request.iova`.
+    ///
+    /// # Errors
+    /// `EINVAL` when the container has no backend; otherwise [`Type1::unmap_dma`]'s errors.
+    pub fn unmap_dma_dirty(
+        &mut self,
+        fd: Fd,
+        request: &UnmapDma,
+        pgsize: u64,
+        bitmap: &mut [u8],
+    ) -> Result<u64> {
+        let (backend, map, iommu, memory) = self.backend_parts(fd)?;
+        backend.unmap_dma(map, iommu, memory, request, Some((pgsize, bitmap)))
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` `START`/`STOP` (spec/02-type1.md §10.2).
+    ///
+    /// # Errors
+    /// `EINVAL` without a backend; [`Type1::dirty_pages_control`]'s errors.
+    pub fn dirty_pages_control(&mut self, fd: Fd, flags: u32) -> Result<()> {
+        let (backend, map, _, _) = self.backend_parts(fd)?;
+        backend.dirty_pages_control(map, flags)
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP` of `[iova, iova + size)` into `bitmap`
+    /// (`pgsize` bytes per bit).
+    ///
+    /// # Errors
+    /// `EINVAL` without a backend; [`Type1::dirty_bitmap`]'s errors.
+    pub fn dirty_bitmap(
+        &mut self,
+        fd: Fd,
+        iova: u64,
+        size: u64,
+        pgsize: u64,
+        bitmap: &mut [u8],
+    ) -> Result<()> {
+        let (backend, map, _, _) = self.backend_parts(fd)?;
+        backend.dirty_bitmap(map, iova, size, pgsize, bitmap)
     }
 
     /// The container's DMA entries in ascending IOVA order (empty without a backend).

@@ -1,0 +1,1220 @@
+//! Config-space virtualization: the capability walk, the virtual copy and the access path
+//! (spec/03-pci-config.md §1–§3, §5–§8).
+//!
+//! Memory: one [`ConfigSpace`] is a 4096-byte virtual copy plus a sorted table of at most
+//! [`CAP_TABLE_CAPACITY`] capability entries (8 bytes each) and a few scalars, about
+//! 4.5 KiB. Byte ownership is found by binary search in the table instead of a per-byte map.
+
+use heapless::Vec;
+
+use crate::errno::{Errno, Result};
+use crate::platform::{BarIndex, BarKind, Bdf, PciAccess, ResetMethod, Width};
+
+use super::perm::{self, Policy};
+
+/// Largest config space in bytes (PCIe).
+pub const CONFIG_SPACE_MAX: usize = 4096;
+/// Bound on the standard capability walk: `(256 - 64) / 4` (spec/03 §1.3).
+pub const MAX_STANDARD_CAPS: usize = 48;
+/// Bound on the extended capability walk (STYLE.md guideline 5).
+pub const MAX_EXTENDED_CAPS: usize = 480;
+/// Capacity of the capability table (kept, placeholder and hidden entries together).
+///
+/// 48 covers every device of the shared corpus many times over. When the table is full,
+/// the walk stops and the chain is cut at that point in the virtual copy (the remaining
+/// capabilities are invisible to the user's walk and their bytes are reached raw, like
+/// the gaps of spec/03 §3.4); [`ConfigSpace::truncated`] then reports it.
+pub const CAP_TABLE_CAPACITY: usize = 48;
+
+/// Status register bit 4: capability list present.
+const STATUS_CAP_LIST: u16 = 0x0010;
+/// Command register bits.
+pub(crate) const CMD_IO: u16 = 0x0001;
+pub(crate) const CMD_MEMORY: u16 = 0x0002;
+pub(crate) const CMD_MASTER: u16 = 0x0004;
+pub(crate) const CMD_INTX_DISABLE: u16 = 0x0400;
+
+/// Which ID space a capability belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CapSpace {
+    /// Standard capability list (0x40–0xFF, 8-bit IDs).
+    Standard,
+    /// PCIe extended capability list (0x100–0xFFF, 16-bit IDs).
+    Extended,
+}
+
+/// How a capability found by the walk is presented to the user (spec/03 §1.3–§1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CapVisibility {
+    /// Kept in the user's chain; its bytes are virtualized by its permission set.
+    Kept,
+    /// Removed from the user's chain (pointer patched); its bytes are raw.
+    Hidden,
+    /// A hidden first extended capability, kept as a 4-byte ID-0 placeholder (§1.4).
+    Placeholder,
+}
+
+/// One capability found by the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CapEntry {
+    /// Byte offset of the capability's first byte in config space.
+    pub offset: u16,
+    /// Bytes owned in config space (0 for a hidden capability: its bytes are raw).
+    pub len: u16,
+    /// Capability ID (8-bit for standard, 16-bit for extended).
+    pub id: u16,
+    /// Standard or extended space.
+    pub space: CapSpace,
+    /// Kept, hidden or placeholder.
+    pub visibility: CapVisibility,
+}
+
+impl CapEntry {
+    /// Whether this entry owns config byte `pos`.
+    pub const fn contains(&self, pos: u16) -> bool {
+        self.len != 0 && pos >= self.offset && (pos - self.offset) < self.len
+    }
+
+    /// Name of the capability (e.g. `"MSI-X"`, `"AER"`).
+    pub const fn name(&self) -> &'static str {
+        match self.visibility {
+            CapVisibility::Placeholder => "hidden-first-ecap",
+            _ => perm::cap_name(self.id, matches!(self.space, CapSpace::Extended)),
+        }
+    }
+}
+
+/// Who owns a config byte (spec/03 §1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Owner {
+    /// The type-0 header (0x00–0x3F).
+    Header,
+    /// The capability at this index of [`ConfigSpace::capabilities`].
+    Capability(usize),
+    /// Nothing: raw access to hardware (spec/03 §3.4).
+    Raw,
+}
+
+/// A summary of how one config byte is handled, for tools (`vfio config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BytePermission {
+    /// Owner name: `"header"`, a capability name, or `"raw"`.
+    pub owner: &'static str,
+    /// The owner.
+    pub owner_kind: Owner,
+    /// Bits of this byte read from (and written to) the virtual copy.
+    pub virt: u8,
+    /// Bits of this byte the user may write (to vconfig when virtual, else to hardware).
+    pub write: u8,
+    /// Reads and writes go straight to hardware.
+    pub raw: bool,
+}
+
+/// MSI-X capability facts read at open (spec/05 §2 step 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MsixInfo {
+    /// Offset of the capability in config space.
+    pub cap: u16,
+    /// BAR holding the table (Table BIR, 0..=7 as read; ≥ 6 means no valid BAR).
+    pub bar: u8,
+    /// Table offset in bytes within that BAR.
+    pub table_offset: u32,
+    /// Table size in bytes (`entries × 16`).
+    pub table_bytes: u32,
+}
+
+/// Why a capability chain was cut while building the config state (spec/03 §1.3–§1.4:
+/// the walk is bounded; a malformed chain is cut, never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ChainDefectKind {
+    /// The pointer leads back to a capability already visited (the chain loops).
+    Loop,
+    /// The pointer lies outside the capability area (below 0x40 or 0x100, past the config
+    /// size, or misaligned for an extended capability).
+    OutOfRange,
+    /// The walk reached its bound (48 standard, 480 extended capabilities).
+    TooLong,
+    /// The capability table is full ([`CAP_TABLE_CAPACITY`] entries).
+    TableFull,
+}
+
+/// Where and why a capability chain was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ChainDefect {
+    /// What was wrong.
+    pub kind: ChainDefectKind,
+    /// Standard or extended list.
+    pub space: CapSpace,
+    /// Config offset of the pointer that was not followed (0x34, a capability's next
+    /// byte, or an extended header).
+    pub from: u16,
+    /// The offset it pointed to.
+    pub to: u16,
+}
+
+impl core::fmt::Display for ChainDefect {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let list = match self.space {
+            CapSpace::Standard => "standard",
+            CapSpace::Extended => "extended",
+        };
+        let what = match self.kind {
+            ChainDefectKind::Loop => "loops back to an earlier capability",
+            ChainDefectKind::OutOfRange => "points outside the capability area",
+            ChainDefectKind::TooLong => "exceeds the walk bound",
+            ChainDefectKind::TableFull => "overflows the capability table",
+        };
+        write!(
+            f,
+            "{list} capability chain {what}: pointer at {:#05x} -> {:#05x}",
+            self.from, self.to
+        )
+    }
+}
+
+/// Per-open-device config state: virtual copy, capability table, BAR save area.
+#[derive(Debug, Clone)]
+pub struct ConfigSpace {
+    vconfig: [u8; CONFIG_SPACE_MAX],
+    caps: Vec<CapEntry, CAP_TABLE_CAPACITY>,
+    size: u16,
+    rbar: [u32; 7],
+    bardirty: bool,
+    defect: Option<ChainDefect>,
+    msi: Option<(u16, u16)>,
+    msix: Option<MsixInfo>,
+    /// `ceil(log2(nvec))` of the last MSI enable (spec/03 §6.4), 0 before.
+    pub(crate) msi_qmax: u8,
+    /// Power state the user last requested through PMCSR (0 = D0 … 3 = D3hot).
+    pub(crate) power_state: u8,
+    /// The user's virtual INTx disable bit as last acted upon (spec/03 §5.2 step 4).
+    pub(crate) virq_disabled: bool,
+}
+
+impl Default for ConfigSpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Outcome of a config write chunk that the device layer must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct WriteEffects {
+    /// The virtual DisINTx changed to this value (mask / unmask INTx, 04 §6.2–§6.3).
+    pub intx_disable: Option<bool>,
+}
+
+fn err<E: crate::errno::Error>(e: E) -> Errno {
+    e.errno()
+}
+
+fn le(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (8 * i)))
+}
+
+/// Reads `width` bytes of phys at `off` for the walk: naturally aligned accesses only
+/// (unaligned reads are done byte by byte); 0 for bytes beyond `size`.
+fn walk_read<A: PciAccess>(acc: &mut A, bdf: Bdf, size: u16, off: u16, n: u16) -> Result<u32> {
+    let end = u32::from(off) + u32::from(n);
+    if end > u32::from(size) {
+        return Ok(0);
+    }
+    if let Some(w) = Width::from_bytes(usize::from(n)) {
+        if off % n == 0 {
+            return acc.config_read(bdf, off, w).map_err(err);
+        }
+    }
+    let mut v = 0u32;
+    for i in 0..n.min(4) {
+        let b = acc.config_read(bdf, off + i, Width::Byte).map_err(err)?;
+        v |= (b & 0xFF) << (8 * i);
+    }
+    Ok(v)
+}
+
+fn bit(map: &mut [u32], idx: usize) -> bool {
+    let word = idx / 32;
+    let mask = 1u32 << (idx % 32);
+    match map.get_mut(word) {
+        Some(w) => {
+            let was = *w & mask != 0;
+            *w |= mask;
+            was
+        }
+        None => true,
+    }
+}
+
+impl ConfigSpace {
+    /// An empty state (size 0, nothing read from hardware).
+    pub const fn new() -> Self {
+        ConfigSpace {
+            vconfig: [0; CONFIG_SPACE_MAX],
+            caps: Vec::new(),
+            size: 0,
+            rbar: [0; 7],
+            bardirty: false,
+            defect: None,
+            msi: None,
+            msix: None,
+            msi_qmax: 0,
+            power_state: 0,
+            virq_disabled: false,
+        }
+    }
+
+    /// Config space size in bytes (256 or 4096; 0 before the first open).
+    pub const fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The virtual copy, `size()` bytes (spec/03 §1.2). Bytes of hidden capabilities and
+    /// gaps are never consulted (they are reached raw) and read 0 here.
+    pub fn vconfig(&self) -> &[u8] {
+        self.vconfig.get(..usize::from(self.size)).unwrap_or(&[])
+    }
+
+    /// The capability table, sorted by offset.
+    pub fn capabilities(&self) -> &[CapEntry] {
+        &self.caps
+    }
+
+    /// Whether a capability chain was cut (loop, out-of-range pointer, walk bound or full
+    /// table) while building.
+    pub const fn truncated(&self) -> bool {
+        self.defect.is_some()
+    }
+
+    /// The first capability-chain defect found while building, if any.
+    pub const fn defect(&self) -> Option<ChainDefect> {
+        self.defect
+    }
+
+    /// MSI capability offset and hardware Message Control read at open.
+    pub const fn msi(&self) -> Option<(u16, u16)> {
+        self.msi
+    }
+
+    /// MSI-X capability facts read at open.
+    pub const fn msix(&self) -> Option<MsixInfo> {
+        self.msix
+    }
+
+    fn v8(&self, off: u16) -> u8 {
+        self.vconfig.get(usize::from(off)).copied().unwrap_or(0)
+    }
+
+    fn v16(&self, off: u16) -> u16 {
+        u16::from(self.v8(off)) | (u16::from(self.v8(off.saturating_add(1))) << 8)
+    }
+
+    fn vget(&self, off: u16, width: usize) -> u32 {
+        let start = usize::from(off);
+        self.vconfig
+            .get(start..start.saturating_add(width))
+            .map(le)
+            .unwrap_or(0)
+    }
+
+    fn vset(&mut self, off: u16, width: usize, value: u32) {
+        let start = usize::from(off);
+        if let Some(s) = self.vconfig.get_mut(start..start.saturating_add(width)) {
+            for (i, b) in s.iter_mut().enumerate() {
+                *b = (value >> (8 * i)) as u8;
+            }
+        }
+    }
+
+    /// Owner of config byte `pos` (spec/03 §1.1). `Raw` for bytes outside every kept
+    /// capability (and for everything when `pos >= size`).
+    pub fn owner(&self, pos: u16) -> Owner {
+        if pos < 0x40 {
+            return Owner::Header;
+        }
+        let idx = self.caps.partition_point(|c| c.offset <= pos);
+        // Kept entries never overlap: the nearest owning entry at or below `pos` decides.
+        for i in (0..idx).rev() {
+            if let Some(c) = self.caps.get(i) {
+                if c.len != 0 {
+                    return if c.contains(pos) {
+                        Owner::Capability(i)
+                    } else {
+                        Owner::Raw
+                    };
+                }
+            }
+        }
+        Owner::Raw
+    }
+
+    fn policy(&self, c: &CapEntry) -> Policy {
+        match c.visibility {
+            CapVisibility::Placeholder => Policy::FirstHidden,
+            _ => perm::policy_for(
+                c.id,
+                matches!(c.space, CapSpace::Extended),
+                self.msi.map(|m| m.1).unwrap_or(0),
+            ),
+        }
+    }
+
+    /// How config byte `pos` is handled: owner name and virtual / writable bits.
+    pub fn byte_permission(&self, pos: u16) -> Option<BytePermission> {
+        if pos >= self.size {
+            return None;
+        }
+        let owner_kind = self.owner(pos);
+        let mut p = BytePermission {
+            owner: "raw",
+            owner_kind,
+            virt: 0,
+            write: 0xFF,
+            raw: true,
+        };
+        match owner_kind {
+            Owner::Raw => {}
+            Owner::Header => {
+                let (virt, write) = perm::byte_masks(perm::HEADER, pos);
+                p = BytePermission {
+                    owner: "header",
+                    owner_kind,
+                    virt,
+                    write,
+                    raw: false,
+                };
+            }
+            Owner::Capability(i) => {
+                let c = *self.caps.get(i)?;
+                let off = pos - c.offset;
+                let ext = matches!(c.space, CapSpace::Extended);
+                let (virt, write, raw) = match self.policy(&c) {
+                    Policy::Table(t) => {
+                        let (v, w) = perm::byte_masks(t, off);
+                        (v, w, false)
+                    }
+                    Policy::Direct { raw_write } => {
+                        let hdr = if ext { off < 4 } else { off < 2 };
+                        let v = if hdr { 0xFF } else { 0 };
+                        (v, if raw_write { 0xFF } else { 0 }, false)
+                    }
+                    Policy::FirstHidden => (0xFF, 0, false),
+                };
+                p = BytePermission {
+                    owner: c.name(),
+                    owner_kind,
+                    virt,
+                    write,
+                    raw,
+                };
+            }
+        }
+        Some(p)
+    }
+
+    // ------------------------------------------------------------------ building (§1)
+
+    /// Builds the virtual copy by walking phys (spec/03 §1). `size` is the platform's
+    /// config size (clipped to 4096).
+    ///
+    /// # Errors
+    /// The platform's error (as errno) for a failed config read.
+    pub(crate) fn build<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf, size: u16) -> Result<()> {
+        *self = ConfigSpace::new();
+        self.size = size.min(CONFIG_SPACE_MAX as u16) & !3;
+        self.copy_phys(acc, bdf, 0, 0x40)?;
+        for i in 0..6u16 {
+            self.rbar[usize::from(i)] = self.vget(0x10 + 4 * i, 4);
+        }
+        self.rbar[6] = self.vget(0x30, 4);
+        self.bardirty = true;
+        let extended = self.walk_standard(acc, bdf)?;
+        if extended {
+            self.walk_extended(acc, bdf)?;
+        }
+        Ok(())
+    }
+
+    fn copy_phys<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        start: u16,
+        len: u16,
+    ) -> Result<()> {
+        let end = start.saturating_add(len).min(self.size);
+        let mut pos = start;
+        while pos < end {
+            let left = end - pos;
+            let w = if left >= 4 && pos % 4 == 0 {
+                Width::Dword
+            } else if left >= 2 && pos % 2 == 0 {
+                Width::Word
+            } else {
+                Width::Byte
+            };
+            let v = acc.config_read(bdf, pos, w).map_err(err)?;
+            self.vset(pos, w.bytes(), v);
+            pos += w.bytes() as u16;
+        }
+        Ok(())
+    }
+
+    fn note_defect(&mut self, kind: ChainDefectKind, space: CapSpace, from: u16, to: u16) {
+        if self.defect.is_none() {
+            self.defect = Some(ChainDefect {
+                kind,
+                space,
+                from,
+                to,
+            });
+        }
+    }
+
+    fn insert(&mut self, e: CapEntry) -> bool {
+        let idx = self.caps.partition_point(|c| c.offset <= e.offset);
+        self.caps.insert(idx, e).is_ok()
+    }
+
+    fn overlaps(&self, start: u16, len: u16) -> bool {
+        let end = u32::from(start) + u32::from(len);
+        self.caps.iter().any(|c| {
+            c.len != 0
+                && u32::from(c.offset) < end
+                && u32::from(start) < u32::from(c.offset) + u32::from(c.len)
+        })
+    }
+
+    fn walk_standard<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf) -> Result<bool> {
+        let mut extended = false;
+        let status = self.v16(0x06);
+        if status & STATUS_CAP_LIST == 0 {
+            return Ok(false);
+        }
+        let limit = self.size.min(0x100);
+        let mut pos = u16::from(self.v8(0x34));
+        let mut prev: u16 = 0x34;
+        let mut visited = [0u32; 8];
+        let mut kept = 0usize;
+        let mut steps = 0usize;
+        while pos != 0 {
+            let kind = if steps >= MAX_STANDARD_CAPS {
+                Some(ChainDefectKind::TooLong)
+            } else if pos < 0x40 || pos + 2 > limit {
+                Some(ChainDefectKind::OutOfRange)
+            } else if bit(&mut visited, usize::from(pos)) {
+                Some(ChainDefectKind::Loop)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                // Cut the user's chain here (never follow a loop or leave the space).
+                self.vset(prev, 1, 0);
+                self.note_defect(kind, CapSpace::Standard, prev, pos);
+                break;
+            }
+            steps += 1;
+            let id = walk_read(acc, bdf, self.size, pos, 1)? as u16;
+            let next = walk_read(acc, bdf, self.size, pos + 1, 1)? as u8;
+            let len = self.std_len(acc, bdf, id, pos, &mut extended)?;
+            if len == 0 {
+                self.vset(prev, 1, u32::from(next));
+                let _ = self.insert(CapEntry {
+                    offset: pos,
+                    len: 0,
+                    id,
+                    space: CapSpace::Standard,
+                    visibility: CapVisibility::Hidden,
+                });
+                pos = u16::from(next);
+                continue;
+            }
+            let len = len.min(limit - pos);
+            if self.overlaps(pos, len) {
+                // Malformed: the earlier capability keeps the bytes (spec/03 §1.3 note).
+                vfio_warn!("pci: overlapping capability {=u16:x} at {=u16:x}", id, pos);
+            } else {
+                let entry = CapEntry {
+                    offset: pos,
+                    len,
+                    id,
+                    space: CapSpace::Standard,
+                    visibility: CapVisibility::Kept,
+                };
+                if !self.insert(entry) {
+                    self.vset(prev, 1, 0);
+                    self.note_defect(ChainDefectKind::TableFull, CapSpace::Standard, prev, pos);
+                    break;
+                }
+                self.copy_phys(acc, bdf, pos, len)?;
+                self.note_cap(acc, bdf, id, pos)?;
+                kept += 1;
+            }
+            prev = pos + 1;
+            pos = u16::from(next);
+        }
+        if kept == 0 {
+            let s = self.v16(0x06) & !STATUS_CAP_LIST;
+            self.vset(0x06, 2, u32::from(s));
+        }
+        Ok(extended)
+    }
+
+    fn note_cap<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf, id: u16, pos: u16) -> Result<()> {
+        match id {
+            0x01 => {
+                // PME support and PME_En / PME_Status read 0 (spec/03 §1.2 fix-up 6).
+                let pmc = self.v16(pos + 2) & !0xF800;
+                self.vset(pos + 2, 2, u32::from(pmc));
+                let pmcsr = self.v16(pos + 4) & !(0x0100 | 0x8000);
+                self.vset(pos + 4, 2, u32::from(pmcsr));
+                self.power_state = (pmcsr & 3) as u8;
+            }
+            0x05 if self.msi.is_none() => {
+                let flags = walk_read(acc, bdf, self.size, pos + 2, 2)? as u16;
+                self.msi = Some((pos, flags));
+            }
+            0x11 if self.msix.is_none() => {
+                let flags = walk_read(acc, bdf, self.size, pos + 2, 2)?;
+                let table = walk_read(acc, bdf, self.size, pos + 4, 4)?;
+                self.msix = Some(MsixInfo {
+                    cap: pos,
+                    bar: (table & 7) as u8,
+                    table_offset: table & !7,
+                    table_bytes: ((flags & 0x7FF) + 1) * 16,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_ext<A: PciAccess>(&self, acc: &mut A, bdf: Bdf, extended: &mut bool) -> Result<()> {
+        if self.size > 0x100 && walk_read(acc, bdf, self.size, 0x100, 4)? != 0 {
+            *extended = true;
+        }
+        Ok(())
+    }
+
+    /// Length of standard capability `id` at `pos` (spec/03 §2.1–§2.2); 0 = hidden.
+    fn std_len<A: PciAccess>(
+        &self,
+        acc: &mut A,
+        bdf: Bdf,
+        id: u16,
+        pos: u16,
+        extended: &mut bool,
+    ) -> Result<u16> {
+        let size = self.size;
+        let rd =
+            |acc: &mut A, off: u16, n: u16| walk_read(acc, bdf, size, pos.saturating_add(off), n);
+        Ok(match id {
+            0x01 => 8,
+            0x02 => 12,
+            0x03 => 8,
+            0x05 => {
+                let f = rd(acc, 2, 2)?;
+                10 + if f & 0x80 != 0 { 4 } else { 0 } + if f & 0x100 != 0 { 10 } else { 0 }
+            }
+            0x07 => {
+                if (rd(acc, 2, 2)? >> 12) & 3 == 0 {
+                    8
+                } else {
+                    self.check_ext(acc, bdf, extended)?;
+                    24
+                }
+            }
+            0x08 => {
+                if rd(acc, 3, 1)? & 0xE0 != 0 {
+                    24
+                } else {
+                    28
+                }
+            }
+            0x09 => rd(acc, 2, 1)? as u16,
+            0x10 => {
+                let w = rd(acc, 2, 2)?;
+                self.check_ext(acc, bdf, extended)?;
+                let (ver, ty) = (w & 0xF, (w >> 4) & 0xF);
+                match (ver == 1, ty == 9) {
+                    (true, true) => 12,
+                    (true, false) => 20,
+                    (false, true) => 44,
+                    (false, false) => 52,
+                }
+            }
+            0x11 => 12,
+            0x12 => {
+                if rd(acc, 4, 1)? & 0xF == 0xF {
+                    16
+                } else {
+                    8
+                }
+            }
+            0x13 => 6,
+            _ => 0,
+        })
+    }
+
+    /// Length of extended capability `id` at `pos` (spec/03 §2.3–§2.4); 0 = hidden.
+    fn ext_len<A: PciAccess>(&self, acc: &mut A, bdf: Bdf, id: u16, pos: u16) -> Result<u16> {
+        let size = self.size;
+        let rd =
+            |acc: &mut A, off: u16, n: u16| walk_read(acc, bdf, size, pos.saturating_add(off), n);
+        Ok(match id {
+            0x01 => 44,
+            0x02 | 0x08 | 0x09 => {
+                let cap1 = rd(acc, 4, 4)?;
+                let cap2 = rd(acc, 8, 4)?;
+                let evcc = (cap1 & 7) as u16;
+                let phases: u16 = if cap2 & 0x08 != 0 {
+                    128
+                } else if cap2 & 0x04 != 0 {
+                    64
+                } else if cap2 & 0x02 != 0 {
+                    32
+                } else {
+                    0
+                };
+                let len = 16 + (1 + evcc) * 12;
+                if phases != 0 {
+                    len.div_ceil(16) * 16 + phases / 2
+                } else {
+                    len
+                }
+            }
+            0x03 => 12,
+            0x04 => 16,
+            0x0B | 0x23 => (rd(acc, 4, 4)? >> 20) as u16,
+            0x0D => {
+                if rd(acc, 4, 1)? & 0x20 != 0 {
+                    let n = rd(acc, 5, 1)? as u16;
+                    let bits = if n != 0 { n.div_ceil(32) * 32 } else { 256 };
+                    8 + bits / 8
+                } else {
+                    8
+                }
+            }
+            0x0E | 0x0F => 8,
+            0x10 => 64,
+            0x12 => 40,
+            0x13 => 16,
+            0x15 => 4 + ((rd(acc, 8, 1)? as u16 & 0xE0) >> 5) * 8,
+            0x16 => 16 + (rd(acc, 4, 1)? as u16 & 0x1F) + 1,
+            0x17 => {
+                let d = rd(acc, 4, 4)?;
+                if d & 0x600 == 0x200 {
+                    12 + ((d & 0x07FF_0000) >> 16) as u16 * 2 + 2
+                } else {
+                    12
+                }
+            }
+            0x18 => 8,
+            _ => 0,
+        })
+    }
+
+    fn patch_ext_next(&mut self, prev: u16, next: u16) {
+        let h = self.vget(prev, 4);
+        let h = (h & !(0xFFC << 20)) | (u32::from(next & 0xFFC) << 20);
+        self.vset(prev, 4, h);
+    }
+
+    fn walk_extended<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf) -> Result<()> {
+        let ttl = MAX_EXTENDED_CAPS.min(usize::from(self.size.saturating_sub(0x100)) / 4);
+        let mut epos: u16 = 0x100;
+        let mut prev: Option<u16> = None;
+        let mut visited = [0u32; 32];
+        let mut kept = 0usize;
+        let mut steps = 0usize;
+        while epos >= 0x100 {
+            let kind = if steps >= ttl {
+                Some(ChainDefectKind::TooLong)
+            } else if epos % 4 != 0 || u32::from(epos) + 4 > u32::from(self.size) {
+                Some(ChainDefectKind::OutOfRange)
+            } else if bit(&mut visited, usize::from(epos / 4)) {
+                Some(ChainDefectKind::Loop)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                if let Some(p) = prev {
+                    self.patch_ext_next(p, 0);
+                }
+                self.note_defect(kind, CapSpace::Extended, prev.unwrap_or(0x100), epos);
+                break;
+            }
+            steps += 1;
+            let header = acc.config_read(bdf, epos, Width::Dword).map_err(err)?;
+            let id = (header & 0xFFFF) as u16;
+            let next = ((header >> 20) & 0xFFC) as u16;
+            let mut len = if id > 0x31 {
+                0
+            } else {
+                self.ext_len(acc, bdf, id, epos)?
+            };
+            let mut placeholder = false;
+            if len == 0 {
+                if let Some(p) = prev {
+                    self.patch_ext_next(p, next);
+                    let _ = self.insert(CapEntry {
+                        offset: epos,
+                        len: 0,
+                        id,
+                        space: CapSpace::Extended,
+                        visibility: CapVisibility::Hidden,
+                    });
+                    epos = next;
+                    continue;
+                }
+                len = 4;
+                placeholder = true;
+            }
+            let len = len.min(self.size - epos);
+            if self.overlaps(epos, len) {
+                vfio_warn!(
+                    "pci: overlapping ext capability {=u16:x} at {=u16:x}",
+                    id,
+                    epos
+                );
+            } else {
+                let entry = CapEntry {
+                    offset: epos,
+                    len,
+                    id,
+                    space: CapSpace::Extended,
+                    visibility: if placeholder {
+                        CapVisibility::Placeholder
+                    } else {
+                        CapVisibility::Kept
+                    },
+                };
+                if !self.insert(entry) {
+                    if let Some(p) = prev {
+                        self.patch_ext_next(p, 0);
+                    }
+                    let from = prev.unwrap_or(0x100);
+                    self.note_defect(ChainDefectKind::TableFull, CapSpace::Extended, from, epos);
+                    break;
+                }
+                self.copy_phys(acc, bdf, epos, len)?;
+                if placeholder {
+                    let h = self.vget(epos, 4) & 0xFFF0_0000;
+                    self.vset(epos, 4, h);
+                } else {
+                    kept += 1;
+                }
+            }
+            prev = Some(epos);
+            epos = next;
+        }
+        if kept == 0 {
+            self.vset(0x100, 4, 0);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ BARs (§5.1, §5.3)
+
+    /// Re-applies the BAR sizing masks to the virtual BARs (spec/03 §5.1).
+    fn bar_fixup<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf) -> Result<()> {
+        let mut i = 0usize;
+        while i < 6 {
+            let off = 0x10 + 4 * i as u16;
+            let Some(index) = BarIndex::new(i as u8) else {
+                break;
+            };
+            let res = acc.bar_resource(bdf, index).map_err(err)?;
+            if res.start == 0 || res.size == 0 {
+                self.vset(off, 4, 0);
+                i += 1;
+                continue;
+            }
+            let mask = !(res.size.wrapping_sub(1));
+            let flags = match res.kind {
+                BarKind::Io => 0x1,
+                BarKind::Mem32 => u32::from(res.prefetch) << 3,
+                BarKind::Mem64 => 0x4 | (u32::from(res.prefetch) << 3),
+            };
+            let v = (self.vget(off, 4) & (mask as u32)) | flags;
+            self.vset(off, 4, v);
+            if v & 0x4 != 0 && matches!(res.kind, BarKind::Mem64) && i < 5 {
+                let hi = self.vget(off + 4, 4) & ((mask >> 32) as u32);
+                self.vset(off + 4, 4, hi);
+                i += 1;
+            }
+            i += 1;
+        }
+        let rom = acc.rom_size(bdf).map_err(err)?;
+        let vrom = if rom != 0 {
+            let mask = (!(rom.wrapping_sub(1)) as u32) | 1;
+            self.vget(0x30, 4) & mask
+        } else {
+            0
+        };
+        self.vset(0x30, 4, vrom);
+        self.bardirty = false;
+        Ok(())
+    }
+
+    /// Writes the BAR values saved at open back to hardware (spec/03 §5.3).
+    pub(crate) fn restore_bars<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<()> {
+        for (i, v) in self.rbar.iter().enumerate() {
+            let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
+            acc.config_write(bdf, off, Width::Dword, *v).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a saved BAR is non-zero and differs from hardware (spec/03 §5.2 (c)).
+    pub(crate) fn bars_lost<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<bool> {
+        for (i, v) in self.rbar.iter().take(6).enumerate() {
+            let hw = acc
+                .config_read(bdf, 0x10 + 4 * i as u16, Width::Dword)
+                .map_err(err)?;
+            if *v != 0 && hw != *v {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Virtual Command register (bit 10 is the user's DisINTx; bits 0/1 track the user).
+    pub(crate) fn vcommand(&self) -> u16 {
+        self.v16(0x04)
+    }
+
+    /// Virtual interrupt pin (0x3D).
+    pub fn interrupt_pin(&self) -> u8 {
+        self.v8(0x3D)
+    }
+
+    // ------------------------------------------------------------------ access (§3)
+
+    /// Splits `[pos, pos+len)` into the next chunk: (width in bytes).
+    fn chunk_width(&self, pos: u16, remaining: usize) -> usize {
+        let owner = self.owner(pos);
+        let boundary = 4 - usize::from(pos % 4);
+        let mut run = 1;
+        while run < boundary && self.owner(pos + run as u16) == owner {
+            run += 1;
+        }
+        let n = remaining.min(run);
+        if n >= 4 && pos % 4 == 0 {
+            4
+        } else if n >= 2 && pos % 2 == 0 {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn check_range(&self, pos: u64, len: usize) -> Result<u16> {
+        let end = pos.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        if pos >= u64::from(self.size) || end > u64::from(self.size) {
+            return Err(Errno::EFAULT);
+        }
+        u16::try_from(pos).map_err(|_| Errno::EFAULT)
+    }
+
+    /// User read of config space at region position `pos` (spec/03 §3.1).
+    ///
+    /// # Errors
+    /// `EFAULT` when `[pos, pos+len)` leaves config space (nothing read); a platform error
+    /// from a chunk (earlier chunks stay done).
+    pub(crate) fn read<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        pos: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let start = self.check_range(pos, buf.len())?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let p = start + done as u16;
+            let w = self.chunk_width(p, buf.len() - done);
+            let v = self.read_chunk(acc, bdf, p, w)?;
+            if let Some(out) = buf.get_mut(done..done + w) {
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = (v >> (8 * i)) as u8;
+                }
+            }
+            done += w;
+        }
+        Ok(done)
+    }
+
+    /// User write of config space at region position `pos` (spec/03 §3.1). `msi_active`:
+    /// MSI is the device's active interrupt type (spec/03 §6.4).
+    ///
+    /// # Errors
+    /// As [`ConfigSpace::read`].
+    pub(crate) fn write<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        pos: u64,
+        data: &[u8],
+        msi_active: bool,
+        effects: &mut WriteEffects,
+    ) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let start = self.check_range(pos, data.len())?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let p = start + done as u16;
+            let w = self.chunk_width(p, data.len() - done);
+            let v = data.get(done..done + w).map(le).unwrap_or(0);
+            self.write_chunk(acc, bdf, p, w, v, msi_active, effects)?;
+            done += w;
+        }
+        Ok(done)
+    }
+
+    fn phys_read<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize) -> Result<u32> {
+        let width = Width::from_bytes(w).ok_or(Errno::EINVAL)?;
+        acc.config_read(bdf, pos, width).map_err(err)
+    }
+
+    fn phys_write<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize, v: u32) -> Result<()> {
+        let width = Width::from_bytes(w).ok_or(Errno::EINVAL)?;
+        acc.config_write(bdf, pos, width, v & width.mask())
+            .map_err(err)
+    }
+
+    fn default_read<A: PciAccess>(
+        &self,
+        acc: &mut A,
+        bdf: Bdf,
+        table: &[perm::RegPerm],
+        off: u16,
+        pos: u16,
+        w: usize,
+    ) -> Result<u32> {
+        let full = Width::from_bytes(w).map(Width::mask).unwrap_or(0);
+        let (virt, _) = perm::chunk_masks(table, off, w);
+        let v = self.vget(pos, w);
+        if virt & full == full {
+            return Ok(v);
+        }
+        let p = Self::phys_read(acc, bdf, pos, w)?;
+        Ok((p & !virt) | (v & virt))
+    }
+
+    #[allow(clippy::too_many_arguments)] // one chunk: table, offsets, width, value
+    fn default_write<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        table: &[perm::RegPerm],
+        off: u16,
+        pos: u16,
+        w: usize,
+        u: u32,
+    ) -> Result<()> {
+        let (virt, write) = perm::chunk_masks(table, off, w);
+        if write == 0 {
+            return Ok(());
+        }
+        let vw = write & virt;
+        if vw != 0 {
+            let v = (self.vget(pos, w) & !vw) | (u & vw);
+            self.vset(pos, w, v);
+        }
+        let pw = write & !virt;
+        if pw != 0 {
+            let p = Self::phys_read(acc, bdf, pos, w)?;
+            Self::phys_write(acc, bdf, pos, w, (p & !pw) | (u & pw))?;
+        }
+        Ok(())
+    }
+
+    fn read_chunk<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        pos: u16,
+        w: usize,
+    ) -> Result<u32> {
+        match self.owner(pos) {
+            Owner::Raw => Self::phys_read(acc, bdf, pos, w),
+            Owner::Header => {
+                let in_bar = (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos);
+                if in_bar && self.bardirty {
+                    self.bar_fixup(acc, bdf)?;
+                }
+                self.default_read(acc, bdf, perm::HEADER, pos, pos, w)
+            }
+            Owner::Capability(i) => {
+                let c = *self.caps.get(i).ok_or(Errno::EINVAL)?;
+                let off = pos - c.offset;
+                match self.policy(&c) {
+                    Policy::Table(t) => self.default_read(acc, bdf, t, off, pos, w),
+                    Policy::FirstHidden => Ok(self.vget(pos, w)),
+                    Policy::Direct { .. } => {
+                        let p = Self::phys_read(acc, bdf, pos, w)?;
+                        let v = self.vget(pos, w);
+                        Ok(match c.space {
+                            CapSpace::Extended if off < 4 => v,
+                            CapSpace::Standard if off == 0 && w > 1 => (p & !0xFFFF) | (v & 0xFFFF),
+                            CapSpace::Standard if off == 1 => v,
+                            _ => p,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one chunk plus device context
+    fn write_chunk<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        pos: u16,
+        w: usize,
+        u: u32,
+        msi_active: bool,
+        effects: &mut WriteEffects,
+    ) -> Result<()> {
+        match self.owner(pos) {
+            Owner::Raw => Self::phys_write(acc, bdf, pos, w, u),
+            Owner::Header => self.header_write(acc, bdf, pos, w, u, effects),
+            Owner::Capability(i) => {
+                let c = *self.caps.get(i).ok_or(Errno::EINVAL)?;
+                let off = pos - c.offset;
+                match self.policy(&c) {
+                    Policy::Table(t) => {
+                        self.default_write(acc, bdf, t, off, pos, w, u)?;
+                        if c.space == CapSpace::Standard {
+                            self.cap_write_handler(acc, bdf, &c, off, w, u, msi_active)?;
+                        }
+                        Ok(())
+                    }
+                    Policy::Direct { raw_write: true } => Self::phys_write(acc, bdf, pos, w, u),
+                    Policy::Direct { raw_write: false } | Policy::FirstHidden => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn header_write<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        pos: u16,
+        w: usize,
+        u: u32,
+        effects: &mut WriteEffects,
+    ) -> Result<()> {
+        if pos == 0x04 {
+            // Command register pre-handling (spec/03 §5.2 step 1).
+            let new = (u & 0xFFFF) as u16;
+            let phys = Self::phys_read(acc, bdf, 0x04, 2)? as u16;
+            let virt = self.vcommand();
+            let restore = (new & virt & CMD_MEMORY != 0 && phys & CMD_MEMORY == 0)
+                || (new & virt & CMD_IO != 0 && phys & CMD_IO == 0)
+                || self.bars_lost(acc, bdf)?;
+            if restore {
+                self.restore_bars(acc, bdf)?;
+            }
+        }
+        self.default_write(acc, bdf, perm::HEADER, pos, pos, w, u)?;
+        if pos == 0x04 {
+            let c = (self.vcommand() & !(CMD_IO | CMD_MEMORY)) | (u as u16 & (CMD_IO | CMD_MEMORY));
+            self.vset(0x04, 2, u32::from(c));
+        }
+        if pos == 0x04 || pos == 0x05 {
+            let dis = self.vcommand() & CMD_INTX_DISABLE != 0;
+            if dis != self.virq_disabled {
+                self.virq_disabled = dis;
+                effects.intx_disable = Some(dis);
+            }
+        }
+        if (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos) {
+            self.bardirty = true;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)] // one chunk plus device context
+    fn cap_write_handler<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        c: &CapEntry,
+        off: u16,
+        w: usize,
+        u: u32,
+        msi_active: bool,
+    ) -> Result<()> {
+        let base = c.offset;
+        match c.id {
+            0x01 if off == 4 => {
+                // PowerState (spec/03 §6.1): the platform has no power-state call yet; the
+                // bits are written to hardware PMCSR directly (PME_Status written as 0 so
+                // the RMW does not clear it) and remembered for BAR gating.
+                let state = (u & 3) as u8;
+                let p = Self::phys_read(acc, bdf, base + 4, 2)?;
+                let v = (p & !(3 | 0x8000)) | u32::from(state);
+                Self::phys_write(acc, bdf, base + 4, 2, v)?;
+                self.power_state = state;
+            }
+            0x05 if off <= 2 && usize::from(off) + w >= 2 => {
+                // MSI Message Control (spec/03 §6.4).
+                let mut flags = self.v16(base + 2);
+                if !msi_active {
+                    flags &= !1;
+                }
+                if (flags & 0x70) >> 4 > u16::from(self.msi_qmax) {
+                    flags = (flags & !0x70) | (u16::from(self.msi_qmax) << 4);
+                }
+                self.vset(base + 2, 2, u32::from(flags));
+                Self::phys_write(acc, bdf, base + 2, 2, u32::from(flags))?;
+            }
+            0x10 => {
+                // Device Control FLR trap (spec/03 §6.5). MRRS propagation to hardware needs
+                // a platform `set_readrq` call that does not exist yet: MRRS stays virtual.
+                let devctl = self.v16(base + 8);
+                if devctl & 0x8000 != 0 {
+                    self.vset(base + 8, 2, u32::from(devctl & !0x8000));
+                    let devcap = Self::phys_read(acc, bdf, base + 4, 4)?;
+                    if devcap & 0x1000_0000 != 0 {
+                        let _ = acc.reset(bdf, ResetMethod::Function);
+                    }
+                }
+            }
+            0x13 => {
+                // AF Control FLR trap (spec/03 §6.5).
+                let ctl = self.v8(base + 4);
+                if ctl & 1 != 0 {
+                    self.vset(base + 4, 1, u32::from(ctl & !1));
+                    let afcap = walk_read(acc, bdf, self.size, base + 3, 1)?;
+                    if afcap & 0x03 == 0x03 {
+                        let _ = acc.reset(bdf, ResetMethod::Function);
+                    }
+                }
+            }
+            // VPD (spec/03 §6.6): address/data are virtual; the handshake needs platform
+            // VPD access that does not exist yet, so the F flag is never toggled.
+            _ => {}
+        }
+        Ok(())
+    }
+}

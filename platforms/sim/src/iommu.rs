@@ -1,0 +1,229 @@
+//! IOMMU model: per-group domain profiles and per-domain I/O page tables.
+//!
+//! A [`PageTable`] holds page table entries (PTEs) of the sizes the domain supports
+//! (`pgsize_bitmap`): `map` splits a range into the largest pages that alignment allows,
+//! as Linux `iommu_map` does; `unmap` removes whole PTEs and, like ARM's io-pgtable,
+//! splits a larger page that the range only partly covers so exactly the requested
+//! bytes go away.
+
+use std::collections::BTreeMap;
+
+use vfio_core::platform::{Prot, ReservedKind, ReservedRegion};
+use vfio_core::Errno;
+
+/// IOMMU properties of one group: what a domain allocated for it looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupProfile {
+    /// Identity of the IOMMU driver (domains are shared only between equal `ops`).
+    pub ops: u32,
+    /// Supported page sizes: bit `n` = 2^n bytes. Default `0x40201000` (4 KiB, 2 MiB,
+    /// 1 GiB). Must be non-zero.
+    pub pgsize_bitmap: u64,
+    /// First translatable IOVA (inclusive). Default 0.
+    pub aperture_start: u64,
+    /// Last translatable IOVA (inclusive). Default `2^48 - 1`.
+    pub aperture_end: u64,
+    /// Reserved IOVA regions. Default: the x86 MSI window `[0xfee00000, 0xfeefffff]`.
+    pub reserved: Vec<ReservedRegion>,
+    /// Interrupt remapping available (MSIs can be isolated). Default true.
+    pub intr_remap: bool,
+    /// Domains can enforce cache coherency. Default true.
+    pub enforce_coherency: bool,
+    /// The group has no hardware IOMMU (mdev-style); no domain can be allocated for it.
+    /// Default false.
+    pub emulated: bool,
+}
+
+impl Default for GroupProfile {
+    fn default() -> GroupProfile {
+        GroupProfile {
+            ops: 1,
+            pgsize_bitmap: 0x4020_1000,
+            aperture_start: 0,
+            aperture_end: (1 << 48) - 1,
+            reserved: vec![ReservedRegion {
+                start: 0xfee0_0000,
+                end: 0xfeef_ffff,
+                kind: ReservedKind::Msi,
+            }],
+            intr_remap: true,
+            enforce_coherency: true,
+            emulated: false,
+        }
+    }
+}
+
+/// One page table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pte {
+    /// Page size in bytes (one bit of the domain's `pgsize_bitmap`).
+    pub size: u64,
+    /// Physical address of the page.
+    pub phys: u64,
+    /// Access the device has.
+    pub prot: Prot,
+}
+
+/// An I/O page table: IOVA of each page → its entry. Pages never overlap.
+#[derive(Debug, Clone, Default)]
+pub struct PageTable {
+    ptes: BTreeMap<u64, Pte>,
+}
+
+impl PageTable {
+    /// Number of PTEs.
+    pub fn len(&self) -> usize {
+        self.ptes.len()
+    }
+
+    /// Whether nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.ptes.is_empty()
+    }
+
+    /// Total bytes mapped.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.ptes
+            .values()
+            .fold(0u64, |a, p| a.saturating_add(p.size))
+    }
+
+    /// Iterates `(iova, pte)` in ascending IOVA order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Pte)> + '_ {
+        self.ptes.iter().map(|(k, v)| (*k, *v))
+    }
+
+    /// The PTE covering `iova` and its start.
+    pub fn lookup(&self, iova: u64) -> Option<(u64, Pte)> {
+        let (&start, &pte) = self.ptes.range(..=iova).next_back()?;
+        (iova - start < pte.size).then_some((start, pte))
+    }
+
+    /// `iova` → physical address and protection.
+    pub fn translate(&self, iova: u64) -> Option<(u64, Prot)> {
+        let (start, pte) = self.lookup(iova)?;
+        Some((pte.phys.checked_add(iova - start)?, pte.prot))
+    }
+
+    fn overlaps(&self, first: u64, last: u64) -> bool {
+        if self.lookup(first).is_some() {
+            return true;
+        }
+        self.ptes.range(first..=last).next().is_some()
+    }
+
+    /// Largest supported page for the next chunk at `iova`/`phys` with `left` bytes.
+    fn pick(pgsize_bitmap: u64, iova: u64, phys: u64, left: u64) -> u64 {
+        let mut best = 1u64 << pgsize_bitmap.trailing_zeros();
+        for bit in 0..64 {
+            let size = 1u64 << bit;
+            if pgsize_bitmap & size != 0 && size <= left && (iova | phys) & (size - 1) == 0 {
+                best = best.max(size);
+            }
+        }
+        best
+    }
+
+    /// Maps `[iova, iova + len)` → `[phys, phys + len)`.
+    ///
+    /// # Errors
+    /// `EINVAL`: `len` is 0, `iova`/`phys`/`len` are not multiples of the minimum page
+    /// size, the range wraps, or leaves `[aperture_start, aperture_end]`; `EEXIST`: some
+    /// page is already mapped. Nothing changes on error.
+    pub fn map(
+        &mut self,
+        profile_pgsizes: u64,
+        aperture: (u64, u64),
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Errno> {
+        if profile_pgsizes == 0 || len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let min = 1u64 << profile_pgsizes.trailing_zeros();
+        if (iova | phys | len) & (min - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = iova.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        phys.checked_add(len - 1).ok_or(Errno::EINVAL)?;
+        if iova < aperture.0 || last > aperture.1 {
+            return Err(Errno::EINVAL);
+        }
+        if self.overlaps(iova, last) {
+            return Err(Errno::EEXIST);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let (i, p) = (iova + done, phys + done);
+            let size = Self::pick(profile_pgsizes, i, p, len - done);
+            self.ptes.insert(
+                i,
+                Pte {
+                    size,
+                    phys: p,
+                    prot,
+                },
+            );
+            done += size;
+        }
+        Ok(())
+    }
+
+    /// Unmaps `[iova, iova + len)`: returns the bytes that were mapped inside the range.
+    /// A larger page partly inside the range is split; its outside parts stay mapped.
+    /// Returns 0 when `iova` or `len` is not a multiple of the minimum page size.
+    pub fn unmap(&mut self, pgsize_bitmap: u64, iova: u64, len: u64) -> u64 {
+        if pgsize_bitmap == 0 || len == 0 {
+            return 0;
+        }
+        let min = 1u64 << pgsize_bitmap.trailing_zeros();
+        if (iova | len) & (min - 1) != 0 {
+            return 0;
+        }
+        let last = iova.saturating_add(len - 1);
+        // Split boundary pages first.
+        for edge in [Some(iova), last.checked_add(1)].into_iter().flatten() {
+            if let Some((start, pte)) = self.lookup(edge) {
+                if start != edge {
+                    self.ptes.remove(&start);
+                    let head = edge - start;
+                    let _ = self.refill(pgsize_bitmap, start, pte.phys, head, pte.prot);
+                    let _ = self.refill(
+                        pgsize_bitmap,
+                        edge,
+                        pte.phys + head,
+                        pte.size - head,
+                        pte.prot,
+                    );
+                }
+            }
+        }
+        let keys: Vec<u64> = self.ptes.range(iova..=last).map(|(k, _)| *k).collect();
+        let mut total = 0u64;
+        for k in keys {
+            if let Some(p) = self.ptes.remove(&k) {
+                total = total.saturating_add(p.size);
+            }
+        }
+        total
+    }
+
+    fn refill(&mut self, bitmap: u64, iova: u64, phys: u64, len: u64, prot: Prot) -> Option<()> {
+        let mut done = 0u64;
+        while done < len {
+            let size = Self::pick(bitmap, iova + done, phys + done, len - done);
+            self.ptes.insert(
+                iova + done,
+                Pte {
+                    size,
+                    phys: phys + done,
+                    prot,
+                },
+            );
+            done = done.checked_add(size)?;
+        }
+        Some(())
+    }
+}
