@@ -338,6 +338,13 @@ bitflags::bitflags! {
     }
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for Prot {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "Prot({=u32:#x})", self.bits());
+    }
+}
+
 /// What the platform reports about an IOMMU group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
