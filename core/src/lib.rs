@@ -30,6 +30,7 @@
 mod fmt;
 
 pub mod abi;
+pub mod era;
 pub mod errno;
 pub mod pci;
 pub mod platform;
@@ -37,4 +38,5 @@ pub mod type1;
 pub mod uapi;
 pub mod vfio;
 
+pub use era::Era;
 pub use errno::{Errno, Result};

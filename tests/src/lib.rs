@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod fixture;
+pub mod oracle;
 pub mod registry;
 pub mod runner;
 pub mod value;

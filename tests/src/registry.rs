@@ -175,6 +175,7 @@ pub fn with_registry(
                 .dma_entry_limit
                 .unwrap_or(setup.spec.dma_entry_limit),
             allow_unsafe_interrupts: setup.spec.allow_unsafe_interrupts,
+            ..Type1Config::default()
         },
     };
     let mut vfio = Vfio::new(

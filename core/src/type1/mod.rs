@@ -53,6 +53,8 @@ pub struct Type1Config {
     pub dma_entry_limit: u32,
     /// Attach groups whose MSIs the platform cannot isolate (kernel default false).
     pub allow_unsafe_interrupts: bool,
+    /// Which kernel's behaviour to reproduce where kernels differ.
+    pub era: crate::Era,
 }
 
 impl Default for Type1Config {
@@ -60,6 +62,7 @@ impl Default for Type1Config {
         Type1Config {
             dma_entry_limit: DEFAULT_DMA_ENTRY_LIMIT,
             allow_unsafe_interrupts: false,
+            era: crate::Era::Linux7_3,
         }
     }
 }
