@@ -101,6 +101,9 @@ pub struct MockPci {
     pub bar_accesses: u64,
     /// Count of platform config reads (for "virtual reads never touch hardware").
     pub config_reads: u64,
+    /// Hardware model of the oracle replay: the ROM cannot be mapped (`ENOMEM`) while the
+    /// hardware does not decode memory (Command MEMORY clear or PMCSR in D3hot).
+    pub rom_unreadable_when_off: bool,
 }
 
 impl ErrorType for MockPci {
@@ -138,6 +141,7 @@ impl MockPci {
             vga_mem: BTreeMap::new(),
             bar_accesses: 0,
             config_reads: 0,
+            rom_unreadable_when_off: false,
         }
     }
 
@@ -254,6 +258,15 @@ impl PciAccess for MockPci {
     }
 
     fn rom_image_size(&mut self, _: Bdf) -> Result<u64, Errno> {
+        if self.rom_unreadable_when_off {
+            let off = self.peek(0x04, 2) & 0x2 == 0
+                || self
+                    .find_cap(0x01)
+                    .is_some_and(|c| self.peek(usize::from(c) + 4, 2) & 3 == 3);
+            if off {
+                return Err(Errno::ENOMEM);
+            }
+        }
         Ok(match self.rom {
             MockRom::None => 0,
             MockRom::Resource { image, .. } => image,
