@@ -1140,6 +1140,14 @@ impl ConfigSpace {
                     Policy::Table(t) => self.default_read(acc, bdf, t, off, pos, w),
                     Policy::FirstHidden => Ok(self.vget(pos, w)),
                     Policy::Direct { .. } => {
+                        // Header bytes that are wholly virtual need no hardware read.
+                        let header_only = match c.space {
+                            CapSpace::Extended => usize::from(off) + w <= 4,
+                            CapSpace::Standard => off == 1 && w == 1,
+                        };
+                        if header_only {
+                            return Ok(self.vget(pos, w));
+                        }
                         let p = Self::phys_read(acc, bdf, pos, w)?;
                         let v = self.vget(pos, w);
                         Ok(match c.space {
