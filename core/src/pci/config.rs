@@ -292,6 +292,27 @@ fn walk_read<A: PciAccess>(acc: &mut A, bdf: Bdf, size: u16, off: u16, n: u16) -
     Ok(v)
 }
 
+/// Little-endian `(virt, write)` masks of `width` bytes of `table` from `offset`, in one
+/// pass over the table (same result as [`perm::chunk_masks`]; registers never overlap).
+fn chunk_masks(table: &[perm::RegPerm], offset: u16, width: usize) -> (u32, u32) {
+    let end = offset.saturating_add(width.min(4) as u16);
+    let mut virt = 0u32;
+    let mut write = 0u32;
+    for r in table {
+        let r_end = r.offset.saturating_add(u16::from(r.size));
+        if r.offset >= end || r_end <= offset {
+            continue;
+        }
+        for b in r.offset.max(offset)..r_end.min(end) {
+            let src = u32::from(b - r.offset) * 8;
+            let dst = u32::from(b - offset) * 8;
+            virt |= ((r.virt >> src) & 0xFF) << dst;
+            write |= ((r.write >> src) & 0xFF) << dst;
+        }
+    }
+    (virt, write)
+}
+
 fn bit(map: &mut [u32], idx: usize) -> bool {
     let word = idx / 32;
     let mask = 1u32 << (idx % 32);
@@ -1000,22 +1021,35 @@ impl ConfigSpace {
 
     // ------------------------------------------------------------------ access (§3)
 
-    /// Splits `[pos, pos+len)` into the next chunk: (width in bytes).
-    fn chunk_width(&self, pos: u16, remaining: usize) -> usize {
+    /// Splits `[pos, pos+len)` into the next chunk (spec/03 §3.1 step 4): the owner of
+    /// `pos` and the chunk width in bytes.
+    fn chunk(&self, pos: u16, remaining: usize) -> (Owner, usize) {
         let owner = self.owner(pos);
         let boundary = 4 - usize::from(pos % 4);
-        let mut run = 1;
-        while run < boundary && self.owner(pos + run as u16) == owner {
-            run += 1;
-        }
+        let run = match owner {
+            // The header is 0x00–0x3F: dword aligned, one owner.
+            Owner::Header => boundary,
+            // Kept capabilities never overlap: the run ends with the capability.
+            Owner::Capability(i) => self.caps.get(i).map_or(1, |c| {
+                usize::from(c.offset.saturating_add(c.len).saturating_sub(pos)).clamp(1, boundary)
+            }),
+            Owner::Raw => {
+                let mut run = 1;
+                while run < boundary && self.owner(pos + run as u16) == Owner::Raw {
+                    run += 1;
+                }
+                run
+            }
+        };
         let n = remaining.min(run);
-        if n >= 4 && pos % 4 == 0 {
+        let w = if n >= 4 && pos % 4 == 0 {
             4
         } else if n >= 2 && pos % 2 == 0 {
             2
         } else {
             1
-        }
+        };
+        (owner, w)
     }
 
     fn check_range(&self, pos: u64, len: usize) -> Result<u16> {
@@ -1045,8 +1079,8 @@ impl ConfigSpace {
         let mut done = 0usize;
         while done < buf.len() {
             let p = start + done as u16;
-            let w = self.chunk_width(p, buf.len() - done);
-            let v = self.read_chunk(acc, bdf, p, w)?;
+            let (owner, w) = self.chunk(p, buf.len() - done);
+            let v = self.read_chunk(acc, bdf, owner, p, w)?;
             if let Some(out) = buf.get_mut(done..done + w) {
                 for (i, b) in out.iter_mut().enumerate() {
                     *b = (v >> (8 * i)) as u8;
@@ -1078,9 +1112,9 @@ impl ConfigSpace {
         let mut done = 0usize;
         while done < data.len() {
             let p = start + done as u16;
-            let w = self.chunk_width(p, data.len() - done);
+            let (owner, w) = self.chunk(p, data.len() - done);
             let v = data.get(done..done + w).map(le).unwrap_or(0);
-            self.write_chunk(acc, bdf, p, w, v, msi_active, effects)?;
+            self.write_chunk(acc, bdf, owner, p, w, v, msi_active, effects)?;
             done += w;
         }
         Ok(done)
@@ -1107,7 +1141,7 @@ impl ConfigSpace {
         w: usize,
     ) -> Result<u32> {
         let full = Width::from_bytes(w).map(Width::mask).unwrap_or(0);
-        let (virt, _) = perm::chunk_masks(table, off, w);
+        let (virt, _) = chunk_masks(table, off, w);
         let v = self.vget(pos, w);
         if virt & full == full {
             return Ok(v);
@@ -1127,7 +1161,7 @@ impl ConfigSpace {
         w: usize,
         u: u32,
     ) -> Result<()> {
-        let (virt, write) = perm::chunk_masks(table, off, w);
+        let (virt, write) = chunk_masks(table, off, w);
         if write == 0 {
             return Ok(());
         }
@@ -1148,10 +1182,11 @@ impl ConfigSpace {
         &mut self,
         acc: &mut A,
         bdf: Bdf,
+        owner: Owner,
         pos: u16,
         w: usize,
     ) -> Result<u32> {
-        match self.owner(pos) {
+        match owner {
             Owner::Raw => Self::phys_read(acc, bdf, pos, w),
             Owner::Header => {
                 let in_bar = (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos);
@@ -1198,13 +1233,14 @@ impl ConfigSpace {
         &mut self,
         acc: &mut A,
         bdf: Bdf,
+        owner: Owner,
         pos: u16,
         w: usize,
         u: u32,
         msi_active: bool,
         effects: &mut WriteEffects,
     ) -> Result<()> {
-        match self.owner(pos) {
+        match owner {
             Owner::Raw => Self::phys_write(acc, bdf, pos, w, u),
             Owner::Header => self.header_write(acc, bdf, pos, w, u, effects),
             Owner::Capability(i) => {
