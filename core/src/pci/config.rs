@@ -310,6 +310,7 @@ fn chunk_masks(table: &[perm::RegPerm], offset: u16, width: usize) -> (u32, u32)
             write |= ((r.write >> src) & 0xFF) << dst;
         }
     }
+    debug_assert_eq!((virt, write), perm::chunk_masks(table, offset, width));
     (virt, write)
 }
 
