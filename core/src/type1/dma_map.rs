@@ -429,28 +429,33 @@ impl<'s> DmaMap<'s> {
     pub fn first_overlapping(&self, range: IovaRange) -> Option<EntryId> {
         let mut cur = self.root;
         let mut best = NIL;
-        while cur != NIL {
-            if self.last(cur) < range.first {
-                cur = self.right(cur);
+        let mut best_key = 0;
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let key = node.iova & !LOW;
+            let last = key.saturating_add((node.size & !LOW).saturating_sub(1));
+            if last < range.first {
+                cur = node.right;
             } else {
                 best = cur;
-                if self.key(cur) <= range.first {
+                best_key = key;
+                if key <= range.first {
                     break;
                 }
-                cur = self.left(cur);
+                cur = node.left;
             }
         }
-        (best != NIL && self.key(best) <= range.last).then_some(EntryId(best))
+        (best != NIL && best_key <= range.last).then_some(EntryId(best))
     }
 
     /// The entry containing `iova`, if any. O(log n).
     pub fn find(&self, iova: u64) -> Option<EntryId> {
         let mut cur = self.root;
-        while cur != NIL {
-            if iova < self.key(cur) {
-                cur = self.left(cur);
-            } else if iova > self.last(cur) {
-                cur = self.right(cur);
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let key = node.iova & !LOW;
+            if iova < key {
+                cur = node.left;
+            } else if iova - key >= (node.size & !LOW) {
+                cur = node.right;
             } else {
                 return Some(EntryId(cur));
             }
