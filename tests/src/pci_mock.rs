@@ -4,8 +4,10 @@
 //! registry's device-ioctl argument conventions: argsz checks, the capability-chain
 //! protocol and the generic `SET_IRQS` validator).
 //!
-//! Ops the core has no interface for yet (hot reset, AER and host requests, the host INTx
-//! line state) fail with an explicit "unsupported op" message.
+//! Hot reset runs through [`PciDriver::hot_reset_info`] / [`PciDriver::hot_reset`] with
+//! the case's `topology` and named group descriptors; the host INTx line is modelled
+//! (requested, enabled) and the handler runs on each rising edge of "pin driven AND line
+//! enabled AND handler registered".
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
