@@ -188,14 +188,14 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             return Err(Errno::EINVAL);
         }
         let mut scratch = [0u8; CAP_SCRATCH];
-        let mut chain = CapChain::new(&mut scratch);
         let backend = self.type1(fd)?.ok_or(Errno::EINVAL)?;
-        let (flags, pgsizes) = backend.info(&mut chain)?;
+        let (flags, pgsizes, len) = backend.info(&mut scratch)?;
         info.flags = flags;
         info.iova_pgsizes = pgsizes;
         info.cap_offset = 0;
         info.pad = 0;
-        let (_, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain.as_bytes())?;
+        let chain = scratch.get(..len).ok_or(Errno::ENOMEM)?;
+        let (_, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain)?;
         info.argsz = argsz;
         info.cap_offset = cap_offset;
         let n = (info.argsz as usize).min(24);
@@ -263,7 +263,9 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         if range.size == 0 {
             return Err(Errno::EINVAL);
         }
-        crate::type1::IovaRange::new(range.iova, range.size)?;
+        self.type1(fd)?
+            .ok_or(Errno::EINVAL)?
+            .check_bitmap_range(range.iova, range.size)?;
         check_bitmap(buf.len(), range.size, &bitmap)?;
         let end = 48 + bitmap.size as usize;
         let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;

@@ -1,10 +1,35 @@
 //! The DMA extent map: the set of Type1 entries of one container, ordered by IOVA
 //! (spec/02-type1.md §1.2, §1.4).
 //!
-//! Entries live in an embedder-provided slice, kept sorted by `iova`; ranges never overlap.
-//! Lookups are binary searches (O(log n)); insert and remove shift the tail (O(n) moves of
-//! small records). Issue "Type1 complete" replaces the storage with an O(log n) balanced
-//! structure behind the same interface.
+//! # Structure
+//!
+//! An AVL tree whose nodes live in an embedder-provided slice of [`DmaEntry`] (32 bytes
+//! each), linked by `u32` indexes. Free slots form a singly linked list (through the `left`
+//! link) plus a high-water mark, so construction and [`DmaMap::clear`] are O(1) and nothing
+//! is ever allocated. Lookup, insertion and removal descend once from the root and keep a
+//! bounded path stack (an AVL tree of 2^32 nodes is at most 46 levels deep): O(log n).
+//! Iteration in IOVA order is an in-order walk with the same kind of stack: O(n) for the
+//! whole map, O(log n + k) for `k` entries from a starting point.
+//!
+//! # Packing (≤ 32 bytes per mapping)
+//!
+//! `iova`, `size` and `vaddr` are multiples of the container's minimum IOMMU page size,
+//! which is at least the host page size; the map requires 4 KiB alignment (the smallest
+//! page size in use), so the low 12 bits of each word are free and hold:
+//!
+//! | word | bits 0–11 |
+//! |---|---|
+//! | `iova` | AVL balance (2 bits), `READ`, `WRITE`, `iommu_mapped`, `vaddr_invalid`, `lock_cap`, `dirty_all`, charge count bits 22–25 |
+//! | `size` | charge mode (2 bits), charge count bits 12–21 |
+//! | `vaddr` | charge count bits 0–11 |
+//!
+//! The locked-page charge of an entry (`locked_pages`) is stored in one of four modes:
+//! none (0), all (every page of the entry: `size / page_size`, the usual case of RAM), a
+//! count of charged pages, or a count of *uncharged* pages (an entry mixing RAM with device
+//! memory, which is never charged). A count has 26 bits: a mixed entry with both more than
+//! 2^26 − 1 charged and more than 2^26 − 1 uncharged pages (over 256 GiB of each with 4 KiB
+//! pages) cannot be represented and is refused with `ENOMEM`, like an allocation failure in
+//! the kernel.
 
 use crate::errno::{Errno, Result};
 use crate::platform::Prot;
@@ -21,6 +46,12 @@ pub struct IovaRange {
 }
 
 impl IovaRange {
+    /// The whole 64-bit IOVA space `[0, 2^64 − 1]`.
+    pub const ALL: IovaRange = IovaRange {
+        first: 0,
+        last: u64::MAX,
+    };
+
     /// The range of `len` bytes from `start`.
     ///
     /// # Errors
@@ -43,14 +74,14 @@ impl IovaRange {
 
     /// Length in bytes, or `None` for the full 2^64-byte range.
     pub const fn byte_len(&self) -> Option<u64> {
-        (self.last - self.first).checked_add(1)
+        (self.last.wrapping_sub(self.first)).checked_add(1)
     }
 }
 
-/// One Type1 entry (`struct vfio_dma`): the result of one successful MAP_DMA.
+/// One Type1 entry (`struct vfio_dma`), unpacked: the result of one successful MAP_DMA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct DmaEntry {
+pub struct Mapping {
     /// Device address of the first byte (aligned to the container's minimum page size).
     pub iova: u64,
     /// Length in bytes (a multiple of the minimum page size, > 0).
@@ -65,16 +96,16 @@ pub struct DmaEntry {
     pub vaddr_invalid: bool,
     /// The owner could exceed the locked-memory limit when the entry was made.
     pub lock_cap: bool,
-    /// Pages this entry currently charges to the owner's locked-memory count.
+    /// Host pages this entry currently charges to the owner's locked-memory count.
     pub locked_pages: u64,
     /// Every page is reported dirty at the next bitmap report (set when a non-pinned group
     /// detaches while dirty tracking is on, spec/02-type1.md §5.2 step 5).
     pub dirty_all: bool,
 }
 
-impl DmaEntry {
-    /// A zeroed entry, for initializing storage slices.
-    pub const EMPTY: DmaEntry = DmaEntry {
+impl Mapping {
+    /// A zeroed mapping.
+    pub const EMPTY: Mapping = Mapping {
         iova: 0,
         size: 0,
         vaddr: 0,
@@ -87,7 +118,7 @@ impl DmaEntry {
     };
 
     /// The inclusive range the entry covers (`[iova, iova + size − 1]`); an entry of size 0
-    /// (being built) covers its first byte only.
+    /// covers its first byte only. Saturates at 2^64 − 1 (never wraps).
     pub fn range(&self) -> IovaRange {
         IovaRange {
             first: self.iova,
@@ -96,25 +127,216 @@ impl DmaEntry {
     }
 }
 
+impl Default for Mapping {
+    fn default() -> Self {
+        Mapping::EMPTY
+    }
+}
+
+/// "No node" link.
+const NIL: u32 = u32::MAX;
+/// Largest number of slots a map uses (indexes are `u32`, `NIL` excluded).
+const MAX_SLOTS: usize = (u32::MAX - 1) as usize;
+/// Deepest path an AVL tree of < 2^32 nodes can have (1.44 · 32 + 2 < 48).
+const MAX_DEPTH: usize = 48;
+/// Low bits of the packed words that are free for metadata (4 KiB alignment).
+const LOW: u64 = 0xfff;
+
+// iova word.
+const BAL_MASK: u64 = 0b11; // 0 = left-heavy, 1 = balanced, 2 = right-heavy
+const F_READ: u64 = 1 << 2;
+const F_WRITE: u64 = 1 << 3;
+const F_MAPPED: u64 = 1 << 4;
+const F_INVALID: u64 = 1 << 5;
+const F_LOCK_CAP: u64 = 1 << 6;
+const F_DIRTY_ALL: u64 = 1 << 7;
+const IOVA_COUNT_SHIFT: u32 = 8; // 4 bits of the count (bits 22..25)
+                                 // size word.
+const MODE_MASK: u64 = 0b11;
+const MODE_NONE: u64 = 0;
+const MODE_ALL: u64 = 1;
+const MODE_CHARGED: u64 = 2;
+const MODE_UNCHARGED: u64 = 3;
+const SIZE_COUNT_SHIFT: u32 = 2; // 10 bits of the count (bits 12..21)
+/// Largest storable charge count (26 bits).
+const COUNT_MAX: u64 = (1 << 26) - 1;
+
+/// One storage slot of a [`DmaMap`]: a packed [`Mapping`] plus the tree links, 32 bytes.
+///
+/// Embedders provide a slice of these (initialized with [`DmaEntry::EMPTY`]); its length is
+/// the map's capacity. The content is private to the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DmaEntry {
+    iova: u64,
+    size: u64,
+    vaddr: u64,
+    left: u32,
+    right: u32,
+}
+
+impl DmaEntry {
+    /// An unused slot, for initializing storage slices.
+    pub const EMPTY: DmaEntry = DmaEntry {
+        iova: 0,
+        size: 0,
+        vaddr: 0,
+        left: NIL,
+        right: NIL,
+    };
+
+    /// Bytes of storage per mapping (`size_of::<DmaEntry>()`): 32.
+    pub const BYTES: usize = core::mem::size_of::<DmaEntry>();
+}
+
 impl Default for DmaEntry {
     fn default() -> Self {
         DmaEntry::EMPTY
     }
 }
 
+/// Packs `m` (keeping balance bits `bal`) with page size `1 << shift`.
+fn pack(m: &Mapping, bal: u64, shift: u32) -> Result<(u64, u64, u64)> {
+    if (m.iova | m.size | m.vaddr) & LOW != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let pages = m.size >> shift;
+    let (mode, count) = if m.locked_pages == 0 {
+        (MODE_NONE, 0)
+    } else if m.locked_pages == pages {
+        (MODE_ALL, 0)
+    } else if m.locked_pages <= COUNT_MAX {
+        (MODE_CHARGED, m.locked_pages)
+    } else {
+        let uncharged = pages.checked_sub(m.locked_pages).ok_or(Errno::EINVAL)?;
+        if uncharged > COUNT_MAX {
+            return Err(Errno::ENOMEM);
+        }
+        (MODE_UNCHARGED, uncharged)
+    };
+    let mut flags = bal & BAL_MASK;
+    if m.prot.contains(Prot::READ) {
+        flags |= F_READ;
+    }
+    if m.prot.contains(Prot::WRITE) {
+        flags |= F_WRITE;
+    }
+    if m.iommu_mapped {
+        flags |= F_MAPPED;
+    }
+    if m.vaddr_invalid {
+        flags |= F_INVALID;
+    }
+    if m.lock_cap {
+        flags |= F_LOCK_CAP;
+    }
+    if m.dirty_all {
+        flags |= F_DIRTY_ALL;
+    }
+    let iova = m.iova | flags | (((count >> 22) & 0xf) << IOVA_COUNT_SHIFT);
+    let size = m.size | mode | (((count >> 12) & 0x3ff) << SIZE_COUNT_SHIFT);
+    let vaddr = m.vaddr | (count & LOW);
+    Ok((iova, size, vaddr))
+}
+
+fn unpack(node: &DmaEntry, shift: u32) -> Mapping {
+    let size = node.size & !LOW;
+    let count = (node.vaddr & LOW)
+        | (((node.size & LOW) >> SIZE_COUNT_SHIFT) << 12)
+        | ((((node.iova & LOW) >> IOVA_COUNT_SHIFT) & 0xf) << 22);
+    let pages = size >> shift;
+    let locked_pages = match node.size & MODE_MASK {
+        MODE_NONE => 0,
+        MODE_ALL => pages,
+        MODE_CHARGED => count,
+        _ => pages.saturating_sub(count),
+    };
+    let mut prot = Prot::empty();
+    if node.iova & F_READ != 0 {
+        prot |= Prot::READ;
+    }
+    if node.iova & F_WRITE != 0 {
+        prot |= Prot::WRITE;
+    }
+    Mapping {
+        iova: node.iova & !LOW,
+        size,
+        vaddr: node.vaddr & !LOW,
+        prot,
+        iommu_mapped: node.iova & F_MAPPED != 0,
+        vaddr_invalid: node.iova & F_INVALID != 0,
+        lock_cap: node.iova & F_LOCK_CAP != 0,
+        locked_pages,
+        dirty_all: node.iova & F_DIRTY_ALL != 0,
+    }
+}
+
+/// A handle on one entry of a [`DmaMap`], valid until the map is next modified
+/// structurally (insert, remove, clear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EntryId(u32);
+
 /// The ordered, fixed-capacity set of entries of one container.
 #[derive(Debug)]
 pub struct DmaMap<'s> {
-    slots: &'s mut [DmaEntry],
+    nodes: &'s mut [DmaEntry],
+    root: u32,
+    free: u32,
+    /// Slots `[high, capacity)` were never used.
+    high: u32,
     len: usize,
+    /// log2 of the host page size, the unit of `locked_pages`.
+    shift: u32,
+}
+
+/// Path stack of a descent: node indexes and the direction taken (false = left).
+struct Path {
+    nodes: [u32; MAX_DEPTH],
+    right: [bool; MAX_DEPTH],
+    depth: usize,
+}
+
+impl Path {
+    const fn new() -> Path {
+        Path {
+            nodes: [NIL; MAX_DEPTH],
+            right: [false; MAX_DEPTH],
+            depth: 0,
+        }
+    }
+
+    fn push(&mut self, node: u32, right: bool) -> Result<()> {
+        let slot = self.nodes.get_mut(self.depth).ok_or(Errno::ENOMEM)?;
+        *slot = node;
+        if let Some(r) = self.right.get_mut(self.depth) {
+            *r = right;
+        }
+        self.depth += 1;
+        Ok(())
+    }
 }
 
 impl<'s> DmaMap<'s> {
-    /// An empty map that can hold `storage.len()` entries.
+    /// An empty map that can hold `storage.len()` entries (at most 2^32 − 2). O(1): the
+    /// slots are not touched until used.
     pub fn new(storage: &'s mut [DmaEntry]) -> Self {
         DmaMap {
-            slots: storage,
+            nodes: storage,
+            root: NIL,
+            free: NIL,
+            high: 0,
             len: 0,
+            shift: 12,
+        }
+    }
+
+    /// Sets the host page size (bytes, a power of two ≥ 4096), the unit in which
+    /// `locked_pages` is stored. Only allowed while the map is empty; ignored otherwise or
+    /// for an invalid size.
+    pub fn set_page_size(&mut self, page_size: u64) {
+        if self.len == 0 && page_size.is_power_of_two() && page_size >= 4096 {
+            self.shift = page_size.trailing_zeros();
         }
     }
 
@@ -130,67 +352,587 @@ impl<'s> DmaMap<'s> {
 
     /// Maximum number of entries.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.nodes.len().min(MAX_SLOTS)
     }
 
-    /// The entries in ascending IOVA order.
-    pub fn entries(&self) -> &[DmaEntry] {
-        &self.slots[..self.len]
+    fn node(&self, i: u32) -> Option<&DmaEntry> {
+        self.nodes.get(i as usize)
     }
 
-    /// Mutable access to the entries (callers must keep `iova` order and disjointness).
-    pub(crate) fn entries_mut(&mut self) -> &mut [DmaEntry] {
-        &mut self.slots[..self.len]
+    fn left(&self, i: u32) -> u32 {
+        self.node(i).map_or(NIL, |n| n.left)
     }
 
-    /// Index of the first entry (lowest IOVA) overlapping `range`, if any.
-    pub fn first_overlapping(&self, range: IovaRange) -> Option<usize> {
-        let entries = self.entries();
-        // First entry whose last byte is at or above range.first (entries are disjoint, so
-        // their ends are ordered like their starts).
-        let index = entries.partition_point(|e| e.range().last < range.first);
-        let entry = entries.get(index)?;
-        (entry.iova <= range.last).then_some(index)
+    fn right(&self, i: u32) -> u32 {
+        self.node(i).map_or(NIL, |n| n.right)
     }
 
-    /// Index of the entry containing `iova`, if any.
-    pub fn find(&self, iova: u64) -> Option<usize> {
-        self.first_overlapping(IovaRange {
-            first: iova,
-            last: iova,
+    fn set_left(&mut self, i: u32, to: u32) {
+        if let Some(n) = self.nodes.get_mut(i as usize) {
+            n.left = to;
+        }
+    }
+
+    fn set_right(&mut self, i: u32, to: u32) {
+        if let Some(n) = self.nodes.get_mut(i as usize) {
+            n.right = to;
+        }
+    }
+
+    /// Balance as −1, 0, +1 (height(right) − height(left)).
+    fn bal(&self, i: u32) -> i8 {
+        self.node(i).map_or(0, |n| (n.iova & BAL_MASK) as i8 - 1)
+    }
+
+    fn set_bal(&mut self, i: u32, b: i8) {
+        if let Some(n) = self.nodes.get_mut(i as usize) {
+            n.iova = (n.iova & !BAL_MASK) | ((b + 1) as u64 & BAL_MASK);
+        }
+    }
+
+    fn key(&self, i: u32) -> u64 {
+        self.node(i).map_or(0, |n| n.iova & !LOW)
+    }
+
+    /// Last byte covered by node `i`.
+    fn last(&self, i: u32) -> u64 {
+        self.node(i).map_or(0, |n| {
+            (n.iova & !LOW).saturating_add((n.size & !LOW).saturating_sub(1))
         })
     }
 
-    /// Inserts `entry` at its IOVA position and returns its index. The caller has checked
-    /// that it overlaps nothing.
+    /// The entry `id` refers to (`None` for a stale or foreign id).
+    pub fn get(&self, id: EntryId) -> Option<Mapping> {
+        self.node(id.0).map(|n| unpack(n, self.shift))
+    }
+
+    /// Replaces the content of entry `id` with `m`, which must keep the same `iova` and
+    /// `size` (the tree order is not re-checked).
     ///
     /// # Errors
-    /// `ENOMEM` when the storage is full.
-    pub fn insert(&mut self, entry: DmaEntry) -> Result<usize> {
-        if self.len >= self.slots.len() {
-            return Err(Errno::ENOMEM);
+    /// `ENOENT` for a bad id; `EINVAL` when `iova`/`size` change or are not 4 KiB aligned;
+    /// `ENOMEM` when `locked_pages` cannot be stored (see the module docs).
+    pub fn set(&mut self, id: EntryId, m: &Mapping) -> Result<()> {
+        let shift = self.shift;
+        let node = self.nodes.get_mut(id.0 as usize).ok_or(Errno::ENOENT)?;
+        if node.iova & !LOW != m.iova || node.size & !LOW != m.size {
+            return Err(Errno::EINVAL);
         }
-        let index = self.entries().partition_point(|e| e.iova < entry.iova);
-        self.slots[index..=self.len].rotate_right(1);
-        self.slots[index] = entry;
-        self.len += 1;
-        Ok(index)
+        let (iova, size, vaddr) = pack(m, node.iova & BAL_MASK, shift)?;
+        node.iova = iova;
+        node.size = size;
+        node.vaddr = vaddr;
+        Ok(())
     }
 
-    /// Removes and returns the entry at `index` (`None` when out of range).
-    pub fn remove(&mut self, index: usize) -> Option<DmaEntry> {
-        if index >= self.len {
+    /// The entry with the lowest IOVA overlapping `range`, if any. O(log n).
+    pub fn first_overlapping(&self, range: IovaRange) -> Option<EntryId> {
+        let mut cur = self.root;
+        let mut best = NIL;
+        let mut best_key = 0;
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let key = node.iova & !LOW;
+            let last = key.saturating_add((node.size & !LOW).saturating_sub(1));
+            if last < range.first {
+                cur = node.right;
+            } else {
+                best = cur;
+                best_key = key;
+                if key <= range.first {
+                    break;
+                }
+                cur = node.left;
+            }
+        }
+        (best != NIL && best_key <= range.last).then_some(EntryId(best))
+    }
+
+    /// The entry containing `iova`, if any. O(log n).
+    pub fn find(&self, iova: u64) -> Option<EntryId> {
+        let mut cur = self.root;
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let key = node.iova & !LOW;
+            if iova < key {
+                cur = node.left;
+            } else if iova - key >= (node.size & !LOW) {
+                cur = node.right;
+            } else {
+                return Some(EntryId(cur));
+            }
+        }
+        None
+    }
+
+    /// The entry following `id` in IOVA order. O(log n).
+    pub fn next(&self, id: EntryId) -> Option<EntryId> {
+        let last = self.last(id.0);
+        let from = last.checked_add(1)?;
+        self.first_overlapping(IovaRange {
+            first: from,
+            last: u64::MAX,
+        })
+    }
+
+    fn alloc(&mut self) -> Result<u32> {
+        if self.free != NIL {
+            let i = self.free;
+            self.free = self.left(i);
+            return Ok(i);
+        }
+        if (self.high as usize) < self.capacity() {
+            let i = self.high;
+            self.high += 1;
+            return Ok(i);
+        }
+        Err(Errno::ENOMEM)
+    }
+
+    fn release(&mut self, i: u32) {
+        if let Some(n) = self.nodes.get_mut(i as usize) {
+            *n = DmaEntry {
+                left: self.free,
+                ..DmaEntry::EMPTY
+            };
+            self.free = i;
+        }
+    }
+
+    /// Rotates the subtree at `a` left; returns the new subtree root.
+    fn rotate_left(&mut self, a: u32) -> u32 {
+        let b = self.right(a);
+        let bl = self.left(b);
+        self.set_right(a, bl);
+        self.set_left(b, a);
+        b
+    }
+
+    fn rotate_right(&mut self, a: u32) -> u32 {
+        let b = self.left(a);
+        let br = self.right(b);
+        self.set_left(a, br);
+        self.set_right(b, a);
+        b
+    }
+
+    /// Rebalances a node whose balance reached ±2 (`heavy_right` gives the sign); returns
+    /// the new subtree root and whether the subtree height stayed the same as before the
+    /// imbalance appeared (relevant for deletion).
+    fn rebalance(&mut self, a: u32, heavy_right: bool) -> (u32, bool) {
+        if heavy_right {
+            let b = self.right(a);
+            let bb = self.bal(b);
+            if bb >= 0 {
+                let root = self.rotate_left(a);
+                if bb == 0 {
+                    self.set_bal(a, 1);
+                    self.set_bal(b, -1);
+                    (root, true)
+                } else {
+                    self.set_bal(a, 0);
+                    self.set_bal(b, 0);
+                    (root, false)
+                }
+            } else {
+                let c = self.left(b);
+                let cb = self.bal(c);
+                let nb = self.rotate_right(b);
+                self.set_right(a, nb);
+                let root = self.rotate_left(a);
+                self.set_bal(a, if cb > 0 { -1 } else { 0 });
+                self.set_bal(b, if cb < 0 { 1 } else { 0 });
+                self.set_bal(c, 0);
+                (root, false)
+            }
+        } else {
+            let b = self.left(a);
+            let bb = self.bal(b);
+            if bb <= 0 {
+                let root = self.rotate_right(a);
+                if bb == 0 {
+                    self.set_bal(a, -1);
+                    self.set_bal(b, 1);
+                    (root, true)
+                } else {
+                    self.set_bal(a, 0);
+                    self.set_bal(b, 0);
+                    (root, false)
+                }
+            } else {
+                let c = self.right(b);
+                let cb = self.bal(c);
+                let nb = self.rotate_left(b);
+                self.set_left(a, nb);
+                let root = self.rotate_right(a);
+                self.set_bal(a, if cb < 0 { 1 } else { 0 });
+                self.set_bal(b, if cb > 0 { -1 } else { 0 });
+                self.set_bal(c, 0);
+                (root, false)
+            }
+        }
+    }
+
+    /// Makes the parent recorded at `path[level − 1]` (or the root) point to `child`.
+    fn relink(&mut self, path: &Path, level: usize, child: u32) {
+        match level.checked_sub(1) {
+            None => self.root = child,
+            Some(up) => {
+                let parent = path.nodes.get(up).copied().unwrap_or(NIL);
+                if path.right.get(up).copied().unwrap_or(false) {
+                    self.set_right(parent, child);
+                } else {
+                    self.set_left(parent, child);
+                }
+            }
+        }
+    }
+
+    /// Inserts `entry` and returns its id. O(log n).
+    ///
+    /// # Errors
+    /// `EEXIST` when it overlaps an entry; `EINVAL` when `size` is 0 or `iova`, `size` or
+    /// `vaddr` is not 4 KiB aligned, or the range wraps past 2^64 − 1; `ENOMEM` when the
+    /// storage is full or `locked_pages` cannot be stored.
+    pub fn insert(&mut self, entry: Mapping) -> Result<EntryId> {
+        if entry.size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let range = IovaRange::new(entry.iova, entry.size).map_err(|_| Errno::EINVAL)?;
+        let (iova, size, vaddr) = pack(&entry, 1, self.shift)?;
+        let mut path = Path::new();
+        let mut cur = self.root;
+        while cur != NIL {
+            let go_right = if range.last < self.key(cur) {
+                false
+            } else if range.first > self.last(cur) {
+                true
+            } else {
+                return Err(Errno::EEXIST);
+            };
+            path.push(cur, go_right)?;
+            cur = if go_right {
+                self.right(cur)
+            } else {
+                self.left(cur)
+            };
+        }
+        let n = self.alloc()?;
+        if let Some(slot) = self.nodes.get_mut(n as usize) {
+            *slot = DmaEntry {
+                iova,
+                size,
+                vaddr,
+                left: NIL,
+                right: NIL,
+            };
+        }
+        self.relink(&path, path.depth, n);
+        self.len += 1;
+        // Retrace: heights grow until a node becomes balanced or is rebalanced.
+        let mut level = path.depth;
+        while level > 0 {
+            level -= 1;
+            let p = path.nodes.get(level).copied().unwrap_or(NIL);
+            let went_right = path.right.get(level).copied().unwrap_or(false);
+            let b = self.bal(p) + if went_right { 1 } else { -1 };
+            if b == 0 {
+                self.set_bal(p, 0);
+                break;
+            }
+            if b == 1 || b == -1 {
+                self.set_bal(p, b);
+                continue;
+            }
+            let (sub, _) = self.rebalance(p, b > 0);
+            self.relink(&path, level, sub);
+            break;
+        }
+        Ok(EntryId(n))
+    }
+
+    /// Removes the entry starting at exactly `iova` and returns it. O(log n). Every
+    /// [`EntryId`] obtained before is invalidated.
+    pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
+        let mut path = Path::new();
+        let mut cur = self.root;
+        while cur != NIL {
+            let k = self.key(cur);
+            if iova == k {
+                break;
+            }
+            let go_right = iova > k;
+            path.push(cur, go_right).ok()?;
+            cur = if go_right {
+                self.right(cur)
+            } else {
+                self.left(cur)
+            };
+        }
+        if cur == NIL {
             return None;
         }
-        let entry = self.slots[index];
-        self.slots[index..self.len].rotate_left(1);
+        let removed = unpack(self.node(cur)?, self.shift);
+        let target_level = path.depth;
+        let (l, r) = (self.left(cur), self.right(cur));
+        if l != NIL && r != NIL {
+            // Replace `cur` by its successor `s` (leftmost of the right subtree),
+            // structurally (slots keep their content).
+            path.push(cur, true).ok()?;
+            let mut s = r;
+            while self.left(s) != NIL {
+                path.push(s, false).ok()?;
+                s = self.left(s);
+            }
+            let s_right = self.right(s);
+            // Unlink s from its place (its parent is the last path node).
+            self.relink(&path, path.depth, s_right);
+            // s takes cur's place: links, balance, and position in the path.
+            let (l, r, b) = (self.left(cur), self.right(cur), self.bal(cur));
+            self.set_left(s, l);
+            self.set_right(s, r);
+            self.set_bal(s, b);
+            if let Some(slot) = path.nodes.get_mut(target_level) {
+                *slot = s;
+            }
+            self.relink(&path, target_level, s);
+        } else {
+            let child = if l != NIL { l } else { r };
+            self.relink(&path, target_level, child);
+        }
+        self.release(cur);
         self.len -= 1;
-        Some(entry)
+        // Retrace: the subtree on the recorded side got shorter.
+        let mut level = path.depth;
+        while level > 0 {
+            level -= 1;
+            let p = path.nodes.get(level).copied().unwrap_or(NIL);
+            let went_right = path.right.get(level).copied().unwrap_or(false);
+            let b = self.bal(p) + if went_right { -1 } else { 1 };
+            if b == 1 || b == -1 {
+                self.set_bal(p, b);
+                break; // height unchanged
+            }
+            if b == 0 {
+                self.set_bal(p, 0);
+                continue; // height shrank
+            }
+            let (sub, same_height) = self.rebalance(p, b > 0);
+            self.relink(&path, level, sub);
+            if same_height {
+                break;
+            }
+        }
+        Some(removed)
     }
 
-    /// Removes every entry.
+    /// Removes every entry. O(1).
     pub fn clear(&mut self) {
+        self.root = NIL;
+        self.free = NIL;
+        self.high = 0;
         self.len = 0;
+    }
+
+    /// Calls `f` on every entry in ascending IOVA order, then removes them all: O(n)
+    /// (UNMAP ALL and teardown, spec/02-type1.md §12.1).
+    pub fn drain(&mut self, mut f: impl FnMut(&Mapping)) {
+        for m in self.iter() {
+            f(&m);
+        }
+        self.clear();
+    }
+
+    /// The entries in ascending IOVA order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter::new(self.nodes, self.root, self.shift)
+    }
+
+    /// The entries in ascending IOVA order, starting from the first one overlapping
+    /// `range` and stopping after the last one starting at or before `range.last`.
+    /// O(log n + k).
+    pub fn iter_range(&self, range: IovaRange) -> Iter<'_> {
+        let mut it = Iter {
+            nodes: self.nodes,
+            stack: [NIL; MAX_DEPTH],
+            depth: 0,
+            shift: self.shift,
+            stop: range.last,
+        };
+        // Push the path to the first overlapping node, keeping only nodes that are ≥ it.
+        let mut cur = self.root;
+        while cur != NIL {
+            if self.last(cur) < range.first {
+                cur = self.right(cur);
+            } else {
+                if let Some(slot) = it.stack.get_mut(it.depth) {
+                    *slot = cur;
+                    it.depth += 1;
+                }
+                if self.key(cur) <= range.first {
+                    break;
+                }
+                cur = self.left(cur);
+            }
+        }
+        it
+    }
+
+    /// Applies `f` to every entry in ascending order, storing the result back. Does not
+    /// change the order (`f` must keep `iova` and `size`).
+    ///
+    /// # Errors
+    /// The first error of [`DmaMap::set`]; entries before it are updated.
+    pub fn update_all(&mut self, mut f: impl FnMut(&mut Mapping)) -> Result<()> {
+        // In-order walk by index stack (no borrow of the iterator across `set`).
+        let mut stack = [NIL; MAX_DEPTH];
+        let mut depth = 0usize;
+        let mut cur = self.root;
+        loop {
+            while cur != NIL {
+                let slot = stack.get_mut(depth).ok_or(Errno::ENOMEM)?;
+                *slot = cur;
+                depth += 1;
+                cur = self.left(cur);
+            }
+            let Some(top) = depth.checked_sub(1) else {
+                return Ok(());
+            };
+            depth = top;
+            let n = stack.get(top).copied().unwrap_or(NIL);
+            if let Some(mut m) = self.get(EntryId(n)) {
+                f(&mut m);
+                self.set(EntryId(n), &m)?;
+            }
+            cur = self.right(n);
+        }
+    }
+
+    /// Checks the AVL invariants (order, disjointness, balance, count); for tests.
+    #[cfg(test)]
+    fn check(&self) {
+        fn walk(map: &DmaMap<'_>, n: u32, lo: Option<u64>, count: &mut usize) -> i32 {
+            if n == NIL {
+                return 0;
+            }
+            *count += 1;
+            if let Some(lo) = lo {
+                assert!(map.key(n) > lo);
+            }
+            let hl = walk(map, map.left(n), lo, count);
+            if map.left(n) != NIL {
+                assert!(map.last(map.left(n)) < map.key(n));
+            }
+            if map.right(n) != NIL {
+                assert!(map.key(map.right(n)) > map.last(n));
+            }
+            let hr = walk(map, map.right(n), Some(map.last(n)), count);
+            assert_eq!(i32::from(map.bal(n)), hr - hl, "balance of node {n}");
+            1 + hl.max(hr)
+        }
+        let mut count = 0;
+        walk(self, self.root, None, &mut count);
+        assert_eq!(count, self.len);
+    }
+}
+
+/// In-order iterator over the entries of a [`DmaMap`] (yields unpacked [`Mapping`]s with
+/// their [`EntryId`]s through [`Iter::with_ids`]).
+#[derive(Debug, Clone)]
+pub struct Iter<'a> {
+    nodes: &'a [DmaEntry],
+    stack: [u32; MAX_DEPTH],
+    depth: usize,
+    shift: u32,
+    /// Stop before the first entry starting above this IOVA.
+    stop: u64,
+}
+
+impl<'a> Iter<'a> {
+    fn new(nodes: &'a [DmaEntry], root: u32, shift: u32) -> Iter<'a> {
+        let mut it = Iter {
+            nodes,
+            stack: [NIL; MAX_DEPTH],
+            depth: 0,
+            shift,
+            stop: u64::MAX,
+        };
+        it.push_left(root);
+        it
+    }
+
+    /// An iterator over nothing.
+    pub fn empty() -> Iter<'static> {
+        Iter {
+            nodes: &[],
+            stack: [NIL; MAX_DEPTH],
+            depth: 0,
+            shift: 12,
+            stop: 0,
+        }
+    }
+
+    fn push_left(&mut self, mut n: u32) {
+        while let Some(node) = self.nodes.get(n as usize) {
+            let Some(slot) = self.stack.get_mut(self.depth) else {
+                return;
+            };
+            *slot = n;
+            self.depth += 1;
+            n = node.left;
+        }
+    }
+
+    fn next_id(&mut self) -> Option<(u32, &'a DmaEntry)> {
+        let top = self.depth.checked_sub(1)?;
+        self.depth = top;
+        let n = self.stack.get(top).copied()?;
+        let node = self.nodes.get(n as usize)?;
+        if node.iova & !LOW > self.stop {
+            self.depth = 0;
+            return None;
+        }
+        self.push_left(node.right);
+        Some((n, node))
+    }
+
+    /// Yields `(id, mapping)` pairs instead of mappings.
+    pub fn with_ids(self) -> impl Iterator<Item = (EntryId, Mapping)> + 'a {
+        let shift = self.shift;
+        let mut it = self;
+        core::iter::from_fn(move || {
+            it.next_id()
+                .map(|(n, node)| (EntryId(n), unpack(node, shift)))
+        })
+    }
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Mapping;
+
+    fn next(&mut self) -> Option<Mapping> {
+        let shift = self.shift;
+        self.next_id().map(|(_, node)| unpack(node, shift))
+    }
+}
+
+/// A read-only view of a container's mappings (what
+/// [`crate::vfio::Vfio::container_mappings`] returns).
+#[derive(Debug, Clone)]
+pub struct Mappings<'a>(Iter<'a>);
+
+impl<'a> Mappings<'a> {
+    /// The mappings of `map`.
+    pub fn of(map: &'a DmaMap<'_>) -> Mappings<'a> {
+        Mappings(map.iter())
+    }
+
+    /// No mappings.
+    pub fn none() -> Mappings<'static> {
+        Mappings(Iter::empty())
+    }
+
+    /// The mappings in ascending IOVA order.
+    pub fn iter(&self) -> Iter<'a> {
+        self.0.clone()
     }
 }
 
@@ -198,12 +940,17 @@ impl<'s> DmaMap<'s> {
 mod tests {
     use super::*;
 
-    fn entry(iova: u64, size: u64) -> DmaEntry {
-        DmaEntry {
+    fn entry(iova: u64, size: u64) -> Mapping {
+        Mapping {
             iova,
             size,
-            ..DmaEntry::EMPTY
+            ..Mapping::EMPTY
         }
+    }
+
+    #[test]
+    fn node_is_32_bytes() {
+        assert_eq!(DmaEntry::BYTES, 32);
     }
 
     #[test]
@@ -223,15 +970,20 @@ mod tests {
         let mut map = DmaMap::new(&mut storage);
         map.insert(entry(0x3000, 0x1000)).unwrap();
         map.insert(entry(0x1000, 0x1000)).unwrap();
-        map.insert(entry(0xffff_ffff_ffff_f000, 0x1000)).unwrap();
-        assert_eq!(map.entries()[0].iova, 0x1000);
+        let top = map.insert(entry(0xffff_ffff_ffff_f000, 0x1000)).unwrap();
+        assert_eq!(map.iter().next().unwrap().iova, 0x1000);
         let r = IovaRange::new(0x1800, 0x2000).unwrap();
-        assert_eq!(map.first_overlapping(r), Some(0));
+        assert_eq!(
+            map.get(map.first_overlapping(r).unwrap()).unwrap().iova,
+            0x1000
+        );
         let gap = IovaRange::new(0x2000, 0x1000).unwrap();
         assert_eq!(map.first_overlapping(gap), None);
-        assert_eq!(map.find(u64::MAX), Some(2));
-        assert_eq!(map.remove(0).unwrap().iova, 0x1000);
+        assert_eq!(map.find(u64::MAX), Some(top));
+        assert_eq!(map.insert(entry(0x3000, 0x1000)), Err(Errno::EEXIST));
+        assert_eq!(map.remove(0x1000).unwrap().iova, 0x1000);
         assert_eq!(map.find(0x1000), None);
+        map.check();
     }
 
     #[test]
@@ -240,5 +992,72 @@ mod tests {
         let mut map = DmaMap::new(&mut storage);
         map.insert(entry(0, 0x1000)).unwrap();
         assert_eq!(map.insert(entry(0x1000, 0x1000)), Err(Errno::ENOMEM));
+    }
+
+    #[test]
+    fn packing_round_trips() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let cases = [0, 0x10, 0x3ff_ffff, (1 << 30) - 5];
+        for (k, locked) in cases.into_iter().enumerate() {
+            let m = Mapping {
+                iova: (k as u64) << 44,
+                size: 1 << 42,
+                vaddr: 0x7f00_0000_0000,
+                prot: Prot::READ | Prot::WRITE,
+                iommu_mapped: true,
+                vaddr_invalid: k % 2 == 0,
+                lock_cap: k % 2 == 1,
+                locked_pages: locked,
+                dirty_all: true,
+            };
+            let id = map.insert(m).unwrap();
+            assert_eq!(map.get(id), Some(m));
+        }
+        let m = Mapping {
+            iova: 1 << 63,
+            size: 1 << 62,
+            locked_pages: 1 << 40,
+            ..Mapping::EMPTY
+        };
+        assert_eq!(map.insert(m), Err(Errno::ENOMEM));
+    }
+
+    #[test]
+    fn random_operations_keep_the_tree_valid() {
+        let mut storage = vec![DmaEntry::EMPTY; 512];
+        let mut map = DmaMap::new(&mut storage);
+        let mut model = std::collections::BTreeMap::new();
+        let mut x: u64 = 0x1234_5678;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let iova = (x % 1024) << 12;
+            if x & (1 << 40) == 0 {
+                let r = map.insert(entry(iova, 0x1000));
+                let expect = if model.contains_key(&iova) {
+                    Err(Errno::EEXIST)
+                } else if model.len() == 512 {
+                    Err(Errno::ENOMEM)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(r.map(|_| ()), expect);
+                if r.is_ok() {
+                    model.insert(iova, ());
+                }
+            } else {
+                assert_eq!(map.remove(iova).is_some(), model.remove(&iova).is_some());
+            }
+        }
+        map.check();
+        let got: Vec<u64> = map.iter().map(|m| m.iova).collect();
+        let want: Vec<u64> = model.keys().copied().collect();
+        assert_eq!(got, want);
+        let r = IovaRange::new(0x100000, 0x100000).unwrap();
+        let got: Vec<u64> = map.iter_range(r).map(|m| m.iova).collect();
+        let want: Vec<u64> = model.range(0x100000..0x200000).map(|(k, _)| *k).collect();
+        assert_eq!(got, want);
     }
 }

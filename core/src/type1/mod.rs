@@ -8,16 +8,17 @@
 
 pub mod dma_map;
 pub mod iova_list;
+pub mod pgsize;
 
 use heapless::Vec;
 
-pub use dma_map::{DmaEntry, DmaMap, IovaRange};
+pub use dma_map::{DmaEntry, DmaMap, EntryId, IovaRange, Iter, Mapping, Mappings};
 pub use iova_list::{IovaList, MAX_IOVA_RANGES};
+pub use pgsize::decompose;
 
 use crate::errno::{Errno, Error as _, Result};
 use crate::platform::{DomainId, DomainInfo, GroupId, HostMemory, Iommu, MemoryKind, Prot};
 use crate::uapi::{dma_map_flags, dma_unmap_flags, extension};
-use crate::vfio::CapChain;
 
 /// Maximum IOMMU domains per container (one per incompatible IOMMU flavour).
 pub const MAX_DOMAINS: usize = 8;
@@ -159,10 +160,12 @@ impl Type1 {
         })
     }
 
-    /// Answers `CHECK_EXTENSION` without an instance (spec/02-type1.md §2.2).
-    pub const fn check_extension_static(arg: u32) -> u32 {
+    /// Answers `CHECK_EXTENSION` without an instance (spec/02-type1.md §2.2). In the
+    /// Linux 6.1 era the retired nesting type (6) still answers 1 (DIFFERENCES.md A8).
+    pub const fn check_extension_static(arg: u32, era: crate::Era) -> u32 {
         match arg {
             extension::TYPE1_IOMMU | extension::TYPE1V2_IOMMU | extension::UNMAP_ALL => 1,
+            extension::TYPE1_NESTING_IOMMU if matches!(era, crate::Era::Linux6_1) => 1,
             _ => 0,
         }
     }
@@ -175,6 +178,9 @@ impl Type1 {
                 u32::from(self.domains.iter().all(|d| d.info.enforce_coherency))
             }
             extension::UPDATE_VADDR => u32::from(self.emulated.is_empty()),
+            extension::TYPE1_NESTING_IOMMU => {
+                u32::from(self.config.era.before(crate::Era::Linux7_3))
+            }
             _ => 0,
         }
     }
@@ -332,7 +338,8 @@ impl Type1 {
         Ok(())
     }
 
-    /// Maps every entry into `new` (spec/02-type1.md §5.1 step 13); rolls back on error.
+    /// Maps every entry into `new` (spec/02-type1.md §5.1 step 13), in ascending IOVA
+    /// order; on error everything this replay mapped, pinned or charged is undone.
     fn replay<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
@@ -342,38 +349,51 @@ impl Type1 {
     ) -> Result<()> {
         let source = self.domains.first().map(|d| d.info.id);
         let page = memory.page_size();
-        let mut done = 0;
-        let mut result = Ok(());
-        for (index, entry) in map.entries_mut().iter_mut().enumerate() {
+        map.set_page_size(page);
+        let mut cursor = map.first_overlapping(IovaRange::ALL);
+        let mut failure = None;
+        while let Some(id) = cursor {
+            let Some(mut entry) = map.get(id) else {
+                break;
+            };
             let step = match source {
                 Some(src) if entry.iommu_mapped => {
                     copy_translations(iommu, src, new, entry.iova, entry.size, entry.prot, page)
                 }
-                _ => pin_and_map(iommu, memory, &[new], entry, page).map(|charged| {
+                _ => pin_and_map(iommu, memory, &[new], &entry, page).and_then(|charged| {
                     entry.locked_pages = charged;
                     entry.iommu_mapped = true;
+                    map.set(id, &entry).inspect_err(|_| {
+                        unmap_and_unpin(iommu, memory, &[new], entry.iova, entry.size, page);
+                        memory.charge(-to_i64(charged));
+                    })
                 }),
             };
             if let Err(e) = step {
-                result = Err(e);
+                failure = Some((entry.iova, e));
                 break;
             }
-            done = index + 1;
+            cursor = map.next(id);
         }
-        if let Err(e) = result {
-            for entry in map.entries_mut().iter_mut().take(done) {
-                if source.is_some() {
-                    iommu.unmap(new, entry.iova, entry.size);
-                } else {
+        let Some((stop, error)) = failure else {
+            return Ok(());
+        };
+        if source.is_some() {
+            for entry in map.iter().take_while(|e| e.iova < stop) {
+                iommu.unmap(new, entry.iova, entry.size);
+            }
+        } else {
+            // Only flags and counts change: `set` cannot fail.
+            let _ = map.update_all(|entry| {
+                if entry.iova < stop && entry.iommu_mapped {
                     unmap_and_unpin(iommu, memory, &[new], entry.iova, entry.size, page);
-                    memory.charge(-(entry.locked_pages as i64));
+                    memory.charge(-to_i64(entry.locked_pages));
                     entry.locked_pages = 0;
                     entry.iommu_mapped = false;
                 }
-            }
-            return Err(e);
+            });
         }
-        Ok(())
+        Err(error)
     }
 
     /// Detaches `group` (spec/02-type1.md §5.2). Never fails. The caller releases the whole
@@ -395,25 +415,28 @@ impl Type1 {
         let Some(index) = self.domains.iter().position(|d| d.groups.contains(&group)) else {
             return;
         };
-        let domain_id = self.domains[index].info.id;
+        let Some(domain) = self.domains.get_mut(index) else {
+            return;
+        };
+        let domain_id = domain.info.id;
         iommu.detach(domain_id, group);
-        if self.dirty_tracking {
-            for entry in map.entries_mut() {
-                entry.dirty_all = true;
-            }
-        }
-        let domain = &mut self.domains[index];
         if let Some(pos) = domain.groups.iter().position(|&g| g == group) {
             domain.groups.remove(pos);
         }
+        let now_empty = domain.groups.is_empty();
+        if self.dirty_tracking {
+            // Only a flag changes: `set` cannot fail.
+            let _ = map.update_all(|entry| entry.dirty_all = true);
+        }
         let mut bounds = None;
-        if domain.groups.is_empty() {
+        if now_empty {
             let page = memory.page_size();
             if self.domains.len() == 1 {
                 if self.emulated.is_empty() {
                     self.remove_all(map, iommu, memory);
                 } else {
-                    for entry in map.entries_mut() {
+                    // Only flags and counts change: `set` cannot fail.
+                    let _ = map.update_all(|entry| {
                         if entry.iommu_mapped {
                             unmap_and_unpin(
                                 iommu,
@@ -423,14 +446,14 @@ impl Type1 {
                                 entry.size,
                                 page,
                             );
-                            memory.charge(-(entry.locked_pages as i64));
+                            memory.charge(-to_i64(entry.locked_pages));
                             entry.locked_pages = 0;
                             entry.iommu_mapped = false;
                         }
-                    }
+                    });
                 }
             } else {
-                for entry in map.entries() {
+                for entry in map.iter() {
                     iommu.unmap(domain_id, entry.iova, entry.size);
                 }
             }
@@ -475,29 +498,44 @@ impl Type1 {
         self.iova_list.clear();
     }
 
+    /// Removes every entry in one in-order walk (O(n) + pages); returns the bytes removed.
     fn remove_all<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
         iommu: &mut I,
         memory: &mut M,
-    ) {
-        while !map.is_empty() {
-            self.remove_entry(map, iommu, memory, 0);
-        }
+    ) -> u64 {
+        let ids = self.domain_ids();
+        let page = memory.page_size();
+        let mut total: u64 = 0;
+        let mut count: u32 = 0;
+        let mut invalid: u32 = 0;
+        map.drain(|entry| {
+            if entry.iommu_mapped {
+                unmap_and_unpin(iommu, memory, &ids, entry.iova, entry.size, page);
+            }
+            memory.charge(-to_i64(entry.locked_pages));
+            total = total.wrapping_add(entry.size);
+            count = count.saturating_add(1);
+            invalid = invalid.saturating_add(u32::from(entry.vaddr_invalid));
+        });
+        self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(invalid);
+        self.dma_avail = self.dma_avail.saturating_add(count);
+        total
     }
 
-    /// Removes entry `index` (spec/02-type1.md §12.2): unmaps it from every domain, unpins
-    /// and un-charges its pages, and returns its budget slot.
+    /// Removes `entry` (spec/02-type1.md §12.2): unmaps it from every domain, unpins and
+    /// un-charges its pages, and returns its budget slot.
     fn remove_entry<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
         iommu: &mut I,
         memory: &mut M,
-        index: usize,
-    ) -> u64 {
-        let Some(entry) = map.remove(index) else {
-            return 0;
-        };
+        entry: &Mapping,
+    ) {
+        if map.remove(entry.iova).is_none() {
+            return;
+        }
         if entry.iommu_mapped {
             let ids = self.domain_ids();
             unmap_and_unpin(
@@ -509,22 +547,57 @@ impl Type1 {
                 memory.page_size(),
             );
         }
-        memory.charge(-(entry.locked_pages as i64));
+        memory.charge(-to_i64(entry.locked_pages));
         if entry.vaddr_invalid {
             self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
         }
         self.dma_avail = self.dma_avail.saturating_add(1);
-        entry.size
+    }
+
+    /// The era's errno for an arithmetic wrap of a user range (spec/02-type1.md §15:
+    /// `EOVERFLOW` from Linux 6.18 on, `EINVAL` before).
+    fn wrap_errno(&self) -> Errno {
+        if self.config.era.before(crate::Era::Linux7_3) {
+            Errno::EINVAL
+        } else {
+            Errno::EOVERFLOW
+        }
+    }
+
+    /// `IovaRange::new` with the era's errno for a wrap.
+    fn user_range(&self, start: u64, len: u64) -> Result<IovaRange> {
+        IovaRange::new(start, len).map_err(|e| {
+            if e == Errno::EOVERFLOW {
+                self.wrap_errno()
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Validates the range of a `DIRTY_PAGES` `GET_BITMAP` request before the bitmap checks
+    /// (spec/02-type1.md §10.2 P6).
+    ///
+    /// # Errors
+    /// `EINVAL` for size 0; a wrap of `iova + size − 1` is `EOVERFLOW` (Linux 7.3) or
+    /// `EINVAL` (Linux 6.1, which also refuses a range ending exactly at 2^64).
+    pub fn check_bitmap_range(&self, iova: u64, size: u64) -> Result<IovaRange> {
+        let range = self.user_range(iova, size)?;
+        if self.config.era.before(crate::Era::Linux7_3) && range.last == u64::MAX {
+            return Err(Errno::EINVAL);
+        }
+        Ok(range)
     }
 
     /// `VFIO_IOMMU_MAP_DMA` (spec/02-type1.md §6.2, checks M4–M13; M1–M2 are the ABI's).
     ///
     /// # Errors
-    /// In the spec's order: `EINVAL` size 0; `EOVERFLOW` iova or vaddr wrap; `EINVAL`
-    /// prot/VADDR combination or misalignment; `ENOENT`/`EINVAL` for a bad VADDR update;
-    /// `EEXIST` overlap; `ENOSPC` entry limit; `EINVAL` outside the valid ranges; `ENOMEM`
-    /// storage full or locked-memory limit; `EFAULT` unbacked or read-only memory; platform
-    /// map errors. On error nothing is mapped, pinned or charged.
+    /// In the spec's order: `EINVAL` size 0; `EOVERFLOW` iova or vaddr wrap (`EINVAL` in
+    /// the Linux 6.1 era); `EINVAL` prot/VADDR combination or misalignment;
+    /// `ENOENT`/`EINVAL` for a bad VADDR update; `EEXIST` overlap; `ENOSPC` entry limit;
+    /// `EINVAL` outside the valid ranges; `ENOMEM` storage full or locked-memory limit;
+    /// `EFAULT` unbacked or read-only memory; platform map errors. On error nothing is
+    /// mapped, pinned or charged.
     pub fn map_dma<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
@@ -539,8 +612,8 @@ impl Type1 {
         if request.size == 0 {
             return Err(Errno::EINVAL);
         }
-        let range = IovaRange::new(request.iova, request.size)?;
-        IovaRange::new(request.vaddr, request.size)?;
+        let range = self.user_range(request.iova, request.size)?;
+        self.user_range(request.vaddr, request.size)?;
         let mut prot = Prot::empty();
         if request.flags & dma_map_flags::READ != 0 {
             prot |= Prot::READ;
@@ -552,19 +625,20 @@ impl Type1 {
         if prot.is_empty() != vaddr_update {
             return Err(Errno::EINVAL);
         }
-        let mask = self.pgsize() - 1;
+        let mask = self.pgsize().wrapping_sub(1);
         if (request.size | request.iova | request.vaddr) & mask != 0 {
             return Err(Errno::EINVAL);
         }
         let found = map.first_overlapping(range);
         if vaddr_update {
-            let index = found.ok_or(Errno::ENOENT)?;
-            let entry = &mut map.entries_mut()[index];
+            let id = found.ok_or(Errno::ENOENT)?;
+            let mut entry = map.get(id).ok_or(Errno::ENOENT)?;
             if !entry.vaddr_invalid || entry.iova != request.iova || entry.size != request.size {
                 return Err(Errno::EINVAL);
             }
             entry.vaddr = request.vaddr;
             entry.vaddr_invalid = false;
+            map.set(id, &entry)?;
             self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
             return Ok(());
         }
@@ -577,7 +651,7 @@ impl Type1 {
         if !iova_list::allows(&self.iova_list, range) {
             return Err(Errno::EINVAL);
         }
-        let mut entry = DmaEntry {
+        let mut entry = Mapping {
             iova: request.iova,
             size: request.size,
             vaddr: request.vaddr,
@@ -591,27 +665,22 @@ impl Type1 {
         if self.dirty_tracking && request.size / self.pgsize() > DIRTY_MAX_PAGES {
             return Err(Errno::EINVAL);
         }
+        let page = memory.page_size();
+        map.set_page_size(page);
         if !self.domains.is_empty() {
             let ids = self.domain_ids();
-            entry.locked_pages = pin_and_map(iommu, memory, &ids, &entry, memory.page_size())?;
+            entry.locked_pages = pin_and_map(iommu, memory, &ids, &entry, page)?;
             entry.iommu_mapped = true;
         }
         if let Err(e) = map.insert(entry) {
             if entry.iommu_mapped {
                 let ids = self.domain_ids();
-                unmap_and_unpin(
-                    iommu,
-                    memory,
-                    &ids,
-                    entry.iova,
-                    entry.size,
-                    memory.page_size(),
-                );
-                memory.charge(-(entry.locked_pages as i64));
+                unmap_and_unpin(iommu, memory, &ids, entry.iova, entry.size, page);
+                memory.charge(-to_i64(entry.locked_pages));
             }
             return Err(e);
         }
-        self.dma_avail -= 1;
+        self.dma_avail = self.dma_avail.saturating_sub(1);
         Ok(())
     }
 
@@ -620,11 +689,14 @@ impl Type1 {
     /// `(pgsize, buffer)`: the dirty bits of the removed entries are set in `buffer`
     /// relative to `request.iova` (spec/02-type1.md §10.3).
     ///
+    /// Cost: O(log n) to find the first entry, then O(log n) per removed entry; `ALL` is
+    /// one in-order walk, O(n).
+    ///
     /// # Errors
     /// `EBUSY` VADDR with an emulated group; `EINVAL` misaligned iova/size, size 0, `ALL`
     /// with a non-zero iova or size, a dirty bitmap while tracking is off or with another
-    /// page size, v2 bisection, double VADDR invalidation; `EOVERFLOW` range wrap; `EFAULT`
-    /// when `buffer` is too short for an entry's bits.
+    /// page size, v2 bisection, double VADDR invalidation; `EOVERFLOW` range wrap (`EINVAL`
+    /// in the Linux 6.1 era); `EFAULT` when `buffer` is too short for an entry's bits.
     pub fn unmap_dma<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
@@ -638,7 +710,7 @@ impl Type1 {
         if vaddr && !self.emulated.is_empty() {
             return Err(Errno::EBUSY);
         }
-        let mask = self.pgsize() - 1;
+        let mask = self.pgsize().wrapping_sub(1);
         if request.iova & mask != 0 {
             return Err(Errno::EINVAL);
         }
@@ -646,15 +718,12 @@ impl Type1 {
             if request.iova != 0 || request.size != 0 {
                 return Err(Errno::EINVAL);
             }
-            IovaRange {
-                first: 0,
-                last: u64::MAX,
-            }
+            IovaRange::ALL
         } else {
             if request.size == 0 || request.size & mask != 0 {
                 return Err(Errno::EINVAL);
             }
-            IovaRange::new(request.iova, request.size)?
+            self.user_range(request.iova, request.size)?
         };
         if request.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
             let pgsize = bitmap.as_ref().map_or(0, |b| b.0);
@@ -664,59 +733,121 @@ impl Type1 {
         } else {
             bitmap = None;
         }
+        let first = map.first_overlapping(range);
+        let first_entry = first.and_then(|id| map.get(id));
         if self.v2 && !all {
-            if let Some(i) = map.find(range.first) {
-                if map.entries()[i].iova != range.first {
-                    return Err(Errno::EINVAL);
-                }
-            }
-            if let Some(i) = map.find(range.last) {
-                if map.entries()[i].range().last != range.last {
+            if let Some(entry) = first_entry {
+                if entry.iova < range.first {
                     return Err(Errno::EINVAL);
                 }
             }
         }
-        let mut total: u64 = 0;
-        let Some(mut index) = map.first_overlapping(range) else {
+        // Linux 6.1 computes the end as `iova + size`, which is 0 for a range ending
+        // exactly at 2^64: after the start check nothing is found (DIFFERENCES.md A5).
+        if !all && range.last == u64::MAX && self.config.era.before(crate::Era::Linux7_3) {
+            return Ok(0);
+        }
+        if self.v2 && !all {
+            let end_entry = match first_entry {
+                Some(e) if e.range().last >= range.last => Some(e),
+                _ => map.find(range.last).and_then(|id| map.get(id)),
+            };
+            if let Some(entry) = end_entry {
+                if entry.iova <= range.last && entry.range().last != range.last {
+                    return Err(Errno::EINVAL);
+                }
+            }
+        }
+        let (Some(first), Some(first_entry)) = (first, first_entry) else {
             return Ok(0);
         };
-        let first_index = index;
-        while let Some(entry) = map.entries().get(index).copied() {
+        if !self.v2 && first_entry.iova < range.first {
+            return Ok(0);
+        }
+        if vaddr {
+            return self.invalidate_vaddrs(map, first, range);
+        }
+        if all && bitmap.is_none() {
+            return Ok(self.remove_all(map, iommu, memory));
+        }
+        let mut total: u64 = 0;
+        let mut next = Some(first_entry);
+        while let Some(mut entry) = next {
             if entry.iova > range.last {
                 break;
             }
-            if !self.v2 && entry.iova < range.first {
-                break;
-            }
-            if vaddr {
-                if entry.vaddr_invalid {
-                    for undo in &mut map.entries_mut()[first_index..index] {
-                        undo.vaddr_invalid = false;
-                        self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
-                    }
-                    return Err(Errno::EINVAL);
-                }
-                map.entries_mut()[index].vaddr_invalid = true;
-                self.vaddr_invalid_count += 1;
-                total = total.wrapping_add(entry.size);
-                index += 1;
-                continue;
-            }
             if let Some((_, buffer)) = bitmap.as_mut() {
-                self.report_dirty(&mut map.entries_mut()[index], range.first, buffer)?;
+                self.report_dirty(&mut entry, range.first, buffer)?;
             }
-            total = total.wrapping_add(self.remove_entry(map, iommu, memory, index));
+            total = total.wrapping_add(entry.size);
+            self.remove_entry(map, iommu, memory, &entry);
+            next = match entry.range().last.checked_add(1) {
+                Some(from) if from <= range.last => map
+                    .first_overlapping(IovaRange {
+                        first: from,
+                        last: range.last,
+                    })
+                    .and_then(|id| map.get(id)),
+                _ => None,
+            };
         }
         Ok(total)
     }
 
+    /// The `VADDR` walk of UNMAP (spec/02-type1.md §11.1) from entry `first`: marks every
+    /// entry starting in `range` invalid, or restores them all on a double invalidation.
+    fn invalidate_vaddrs(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        first: EntryId,
+        range: IovaRange,
+    ) -> Result<u64> {
+        let mut total: u64 = 0;
+        let mut cursor = Some(first);
+        let mut failed_at = None;
+        while let Some(id) = cursor {
+            let Some(mut entry) = map.get(id) else {
+                break;
+            };
+            if entry.iova > range.last {
+                break;
+            }
+            if entry.vaddr_invalid {
+                failed_at = Some(entry.iova);
+                break;
+            }
+            entry.vaddr_invalid = true;
+            map.set(id, &entry)?;
+            self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_add(1);
+            total = total.wrapping_add(entry.size);
+            cursor = map.next(id);
+        }
+        let Some(stop) = failed_at else {
+            return Ok(total);
+        };
+        let mut cursor = Some(first);
+        while let Some(id) = cursor {
+            let Some(mut entry) = map.get(id) else {
+                break;
+            };
+            if entry.iova >= stop {
+                break;
+            }
+            entry.vaddr_invalid = false;
+            map.set(id, &entry)?;
+            self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
+            cursor = map.next(id);
+        }
+        Err(Errno::EINVAL)
+    }
+
     /// Sets the dirty bits of `entry` in `buffer` (bit k = page `start + k × pgsize`) and
     /// resets the entry's dirty state (spec/02-type1.md §10.3).
-    fn report_dirty(&self, entry: &mut DmaEntry, start: u64, buffer: &mut [u8]) -> Result<()> {
+    fn report_dirty(&self, entry: &mut Mapping, start: u64, buffer: &mut [u8]) -> Result<()> {
         let pgsize = self.pgsize();
         let iommu_dirty = entry.iommu_mapped && self.non_pinned_groups() > 0;
         if iommu_dirty || entry.dirty_all {
-            let first = (entry.iova - start) / pgsize;
+            let first = entry.iova.saturating_sub(start) / pgsize;
             let pages = entry.size / pgsize;
             set_bits(buffer, first, pages)?;
         }
@@ -749,16 +880,10 @@ impl Type1 {
                     return Ok(());
                 }
                 let pgsize = self.pgsize();
-                if map
-                    .entries()
-                    .iter()
-                    .any(|e| e.size / pgsize > DIRTY_MAX_PAGES)
-                {
+                if map.iter().any(|e| e.size / pgsize > DIRTY_MAX_PAGES) {
                     return Err(Errno::EINVAL);
                 }
-                for entry in map.entries_mut() {
-                    entry.dirty_all = false;
-                }
+                map.update_all(|entry| entry.dirty_all = false)?;
                 self.dirty_tracking = true;
                 Ok(())
             }
@@ -772,7 +897,8 @@ impl Type1 {
 
     /// `VFIO_IOMMU_DIRTY_PAGES` with `GET_BITMAP` after the ABI checks (spec/02-type1.md
     /// §10.2 P6 from the page-size check on): writes the dirty bits of every entry starting
-    /// in `[iova, iova + size − 1]` into `buffer`.
+    /// in `[iova, iova + size − 1]` into `buffer`. Entries may be of any size (GiB ranges:
+    /// bit indexes are u64).
     ///
     /// # Errors
     /// `EACCES` on v1; `EINVAL` for a bitmap page size other than the container's, a
@@ -789,58 +915,119 @@ impl Type1 {
         if !self.v2 {
             return Err(Errno::EACCES);
         }
-        let range = IovaRange::new(iova, size)?;
+        let range = self.check_bitmap_range(iova, size)?;
         let pgsize = self.pgsize();
-        if bitmap_pgsize != pgsize || (iova | size) & (pgsize - 1) != 0 || !self.dirty_tracking {
+        if bitmap_pgsize != pgsize
+            || (iova | size) & pgsize.wrapping_sub(1) != 0
+            || !self.dirty_tracking
+        {
             return Err(Errno::EINVAL);
         }
-        if let Some(i) = map.find(range.first) {
-            if map.entries()[i].iova != range.first {
+        let first = map.first_overlapping(range);
+        if let Some(entry) = first.and_then(|id| map.get(id)) {
+            if entry.iova < range.first {
                 return Err(Errno::EINVAL);
             }
         }
-        if let Some(i) = map.find(range.last) {
-            if map.entries()[i].range().last != range.last {
+        if let Some(entry) = map.find(range.last).and_then(|id| map.get(id)) {
+            if entry.range().last != range.last {
                 return Err(Errno::EINVAL);
             }
         }
-        let Some(mut index) = map.first_overlapping(range) else {
-            return Ok(());
-        };
-        while let Some(entry) = map.entries_mut().get_mut(index) {
+        let mut cursor = first;
+        while let Some(id) = cursor {
+            let Some(mut entry) = map.get(id) else {
+                break;
+            };
             if entry.iova > range.last {
                 break;
             }
-            self.report_dirty(entry, range.first, buffer)?;
-            index += 1;
+            self.report_dirty(&mut entry, range.first, buffer)?;
+            map.set(id, &entry)?;
+            cursor = map.next(id);
         }
         Ok(())
     }
 
-    /// Builds the `VFIO_IOMMU_GET_INFO` capability chain (spec/02-type1.md §9.2) and returns
-    /// the `flags` and `iova_pgsizes` fields.
+    /// Writes the `VFIO_IOMMU_GET_INFO` capability chain (spec/02-type1.md §9.2) into
+    /// `chain`, with `next` offsets relative to the chain start, and returns `(flags,
+    /// iova_pgsizes, chain length in bytes)`. Capabilities are padded to 8 bytes (Linux ≥
+    /// 6.6) or packed (the Linux 6.1 era: IOVA_RANGE follows the 12-byte DMA_AVAIL
+    /// directly).
     ///
     /// # Errors
-    /// `ENOMEM` when `caps` is too small for the chain.
-    pub fn info(&self, caps: &mut CapChain<'_>) -> Result<(u32, u64)> {
+    /// `ENOMEM` when `chain` is too small.
+    pub fn info(&self, chain: &mut [u8]) -> Result<(u32, u64, usize)> {
+        let pad = !self.config.era.before(crate::Era::Linux7_3);
+        let mut writer = ChainWriter {
+            buf: chain,
+            len: 0,
+            last: None,
+            pad,
+        };
         let mut migration = [0u8; 24];
         migration[8..16].copy_from_slice(&self.pgsize().to_le_bytes());
         migration[16..24].copy_from_slice(&MAX_DIRTY_BITMAP_SIZE.to_le_bytes());
-        caps.add(info_cap::MIGRATION, 1, &migration)?;
-        caps.add(info_cap::DMA_AVAIL, 1, &self.dma_avail.to_le_bytes())?;
+        writer.add(info_cap::MIGRATION, &migration)?;
+        writer.add(info_cap::DMA_AVAIL, &self.dma_avail.to_le_bytes())?;
         if !self.iova_list.is_empty() {
             let mut payload = [0u8; 8 + 16 * MAX_IOVA_RANGES];
             let n = self.iova_list.len();
-            payload[0..4].copy_from_slice(&(n as u32).to_le_bytes());
-            for (i, node) in self.iova_list.iter().enumerate() {
-                let at = 8 + 16 * i;
-                payload[at..at + 8].copy_from_slice(&node.first.to_le_bytes());
-                payload[at + 8..at + 16].copy_from_slice(&node.last.to_le_bytes());
+            let count = u32::try_from(n).map_err(|_| Errno::ENOMEM)?;
+            payload[0..4].copy_from_slice(&count.to_le_bytes());
+            for (node, slot) in self.iova_list.iter().zip(payload[8..].chunks_exact_mut(16)) {
+                slot[0..8].copy_from_slice(&node.first.to_le_bytes());
+                slot[8..16].copy_from_slice(&node.last.to_le_bytes());
             }
-            caps.add(info_cap::IOVA_RANGE, 1, &payload[..8 + 16 * n])?;
+            let used = payload.get(..8 + 16 * n).ok_or(Errno::ENOMEM)?;
+            writer.add(info_cap::IOVA_RANGE, used)?;
         }
-        Ok((info_flags::PGSIZES | info_flags::CAPS, self.pgsize_bitmap))
+        Ok((
+            info_flags::PGSIZES | info_flags::CAPS,
+            self.pgsize_bitmap,
+            writer.len,
+        ))
     }
+}
+
+/// Builds a VFIO capability chain (header: u16 id, u16 version 1, u32 next).
+struct ChainWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    last: Option<usize>,
+    pad: bool,
+}
+
+impl ChainWriter<'_> {
+    fn add(&mut self, id: u16, payload: &[u8]) -> Result<()> {
+        let start = self.len;
+        let raw = payload.len().checked_add(8).ok_or(Errno::ENOMEM)?;
+        let size = if self.pad {
+            raw.checked_add(7).ok_or(Errno::ENOMEM)? & !7
+        } else {
+            raw
+        };
+        let end = start.checked_add(size).ok_or(Errno::ENOMEM)?;
+        let start_u32 = u32::try_from(start).map_err(|_| Errno::ENOMEM)?;
+        let slot = self.buf.get_mut(start..end).ok_or(Errno::ENOMEM)?;
+        slot.fill(0);
+        slot[0..2].copy_from_slice(&id.to_le_bytes());
+        slot[2..4].copy_from_slice(&1u16.to_le_bytes());
+        slot[8..raw].copy_from_slice(payload);
+        if let Some(prev) = self.last {
+            if let Some(next) = self.buf.get_mut(prev + 4..prev + 8) {
+                next.copy_from_slice(&start_u32.to_le_bytes());
+            }
+        }
+        self.last = Some(start);
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// `pages` as a signed charge (saturating; page counts never reach 2^63).
+fn to_i64(pages: u64) -> i64 {
+    i64::try_from(pages).unwrap_or(i64::MAX)
 }
 
 /// Sets bits `[first, first + count)` of the little-endian u64-word bitmap `buffer`.
@@ -878,7 +1065,7 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
     iommu: &mut I,
     memory: &mut M,
     domains: &[DomainId],
-    entry: &DmaEntry,
+    entry: &Mapping,
     page: u64,
 ) -> Result<u64> {
     let write = entry.prot.contains(Prot::WRITE);

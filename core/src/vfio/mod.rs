@@ -21,7 +21,7 @@ pub use driver::{
 
 use crate::errno::{Errno, Error as _, Result};
 use crate::platform::{DomainId, GroupId, HostMemory, Iommu};
-use crate::type1::{DmaEntry, DmaMap, MapDma, Type1, Type1Config, UnmapDma, MAX_GROUPS};
+use crate::type1::{DmaEntry, DmaMap, MapDma, Mappings, Type1, Type1Config, UnmapDma, MAX_GROUPS};
 use crate::uapi::group_flags;
 
 /// Longest device name the registry stores, in bytes (PCI names are 12: `0000:06:0d.0`).
@@ -546,7 +546,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         let c = self.container_of(fd)?;
         Ok(match &self.containers[c].backend {
             Some(backend) => backend.check_extension(arg),
-            None => Type1::check_extension_static(arg),
+            None => Type1::check_extension_static(arg, self.config.type1.era),
         })
     }
 
@@ -562,7 +562,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         if container.groups.is_empty() || container.backend.is_some() {
             return Err(Errno::EINVAL);
         }
-        if Type1::check_extension_static(kind) == 0 {
+        if Type1::check_extension_static(kind, self.config.type1.era) == 0 {
             return Err(Errno::ENODEV);
         }
         let mut backend = Type1::open(kind, self.config.type1, self.memory.page_size())?;
@@ -675,13 +675,13 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     ///
     /// # Errors
     /// `EBADF`; `EBADFD` when `fd` is not a container.
-    pub fn container_mappings(&self, fd: Fd) -> Result<&[DmaEntry]> {
+    pub fn container_mappings(&self, fd: Fd) -> Result<Mappings<'_>> {
         let c = self.container_of(fd)?;
         let container = &self.containers[c];
         Ok(if container.backend.is_some() {
-            container.dma.entries()
+            Mappings::of(&container.dma)
         } else {
-            &[]
+            Mappings::none()
         })
     }
 
