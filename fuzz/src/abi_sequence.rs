@@ -37,7 +37,7 @@ fn machine() -> Option<SimMachine> {
     place("0000:01:00.0", "1344-5407-micron-3400-nvme.bin", 1)?;
     place("0000:02:00.0", "10de-0a65-gt218-geforce210.bin", 2)?;
     place("0000:02:00.1", "10de-0be3-gt218-hda.bin", 2)?;
-    place("0000:03:00.0", "8086-1533-i210.bin", 3)?;
+    place("0000:03:00.0", "10ec-8168-rtl8111-8168.bin", 3)?;
     sim.bind_driver(Bdf::parse("0000:02:00.1")?, Binding::Host)
         .ok()?;
     sim.alloc(GUEST_VADDR, GUEST_LEN, vfio_sim::Backing::Ram)
