@@ -6,6 +6,7 @@
 #
 #     bash fuzz/run.sh 20          # CI smoke run
 #     bash fuzz/run.sh 600         # ten minutes per target
+#     bash fuzz/run.sh 60 type1_ops set_irqs   # only these targets
 #
 # Needs a nightly toolchain; installs cargo-fuzz if it is missing. New inputs go
 # to fuzz/corpus/TARGET (ignored by git), crashes to fuzz/artifacts/TARGET; the
@@ -14,9 +15,10 @@
 set -euo pipefail
 
 seconds="${1:-20}"
+shift || true
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-targets=(
+all_targets=(
     irq_set_header
     cap_chain
     abi_sequence
@@ -25,6 +27,11 @@ targets=(
     set_irqs
     hostile_device
 )
+if [ "$#" -gt 0 ]; then
+    targets=("$@")
+else
+    targets=("${all_targets[@]}")
+fi
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     echo "fuzz/run.sh: no nightly toolchain (cargo-fuzz needs one)" >&2

@@ -95,10 +95,17 @@ pub fn physical_write_masks(
 }
 
 /// Write-1-to-clear status registers of capability `cap` (inclusive byte
-/// ranges): PCIe Device/Link/Slot/Root Status, AER status registers.
+/// ranges): PM Control/Status (PME_Status), PCIe Device/Link/Slot/Root Status,
+/// AER status registers.
+///
+/// Known deviation, kept because the kernel behaves the same: the default
+/// write read-modify-writes the physical chunk, so a 1 read in a RW1C bit the
+/// tables mark non-writable is written back and clears it (see the ignored
+/// `regression::rw1c_status_bits_survive_a_neighbouring_write`).
 fn rw1c_registers(cap: &vfio_core::pci::CapEntry) -> Vec<(u64, u64)> {
     let c = u64::from(cap.offset);
     match (cap.space, cap.id) {
+        (CapSpace::Standard, 0x01) => vec![(c + 0x05, c + 0x05)],
         (CapSpace::Standard, 0x10) => vec![
             (c + 0x0a, c + 0x0b),
             (c + 0x12, c + 0x13),

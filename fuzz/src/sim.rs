@@ -65,7 +65,9 @@ impl<'a> Cursor<'a> {
 
     /// Whether the next byte is a multiple of `n` (true about once in `n`).
     pub fn one_in(&mut self, n: u8) -> bool {
-        self.u8().is_multiple_of(n.max(1))
+        // Not `is_multiple_of`: tests/ (MSRV 1.85) includes this file.
+        let rest = self.u8() % n.max(1);
+        rest == 0
     }
 
     /// The next little-endian `u16`.
@@ -99,7 +101,7 @@ impl<'a> Cursor<'a> {
             0 => 0,
             1 => u64::from(self.u8()) << 12,
             2 => u64::from(self.u16()) << 12,
-            3 => u64::MAX - (u64::from(self.u16()) << 12) + 1,
+            3 => (u64::MAX - (u64::from(self.u16()) << 12)).wrapping_add(1),
             4 => u64::MAX - u64::from(self.u8()),
             5 => 1u64 << (self.u8() % 64),
             6 => u64::from(self.u32()),

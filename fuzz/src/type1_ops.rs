@@ -243,7 +243,8 @@ pub fn type1_ops(data: &[u8]) {
                 _ => u64::from(input.u8() % 16) << 12,
             };
             let probe = iova;
-            if op.is_multiple_of(3) {
+            let kind = op % 3;
+            if kind == 0 {
                 let map = uapi::DmaMap {
                     argsz: 32,
                     flags: match input.u8() % 8 {

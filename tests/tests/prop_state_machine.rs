@@ -325,7 +325,7 @@ impl Model {
                 let overlapping: Vec<(u64, u64)> = container
                     .maps
                     .iter()
-                    .filter(|(&i, &s)| i <= last && i + s - 1 >= first)
+                    .filter(|(&i, &s)| i <= last && i + s > first)
                     .map(|(&i, &s)| (i, s))
                     .collect();
                 let cut = overlapping
