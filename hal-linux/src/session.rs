@@ -277,10 +277,7 @@ impl<'a, 's> Session<'a, 's> {
                 .vfio
                 .open_group(id)
                 .map_err(errno("opening the group file"))?;
-            let status = uapi::GroupStatus { argsz: 8, flags: 0 };
-            let (buf, _) = ioctl_buffer(&mut self.vfio, group, ioctl::GROUP_GET_STATUS, &status, 8)
-                .map_err(errno("VFIO_GROUP_GET_STATUS"))?;
-            let flags = decode::<uapi::GroupStatus>(&buf).flags;
+            let flags = self.group_status(group)?;
             self.vfio
                 .close(group)
                 .map_err(errno("closing the group file"))?;
@@ -299,6 +296,14 @@ impl<'a, 's> Session<'a, 's> {
             );
         }
         Ok(((), json!({ "groups": rows }), text))
+    }
+
+    /// `VFIO_GROUP_GET_STATUS` flags of group file `group`.
+    fn group_status(&mut self, group: Fd) -> Outcome<u32> {
+        let status = uapi::GroupStatus { argsz: 8, flags: 0 };
+        let (buf, _) = ioctl_buffer(&mut self.vfio, group, ioctl::GROUP_GET_STATUS, &status, 8)
+            .map_err(errno("VFIO_GROUP_GET_STATUS"))?;
+        Ok(decode::<uapi::GroupStatus>(&buf).flags)
     }
 
     fn open_container(&mut self) -> Outcome<(Fd, Value, Vec<String>)> {
@@ -349,19 +354,14 @@ impl<'a, 's> Session<'a, 's> {
             .vfio
             .open_group(id)
             .map_err(errno("opening the group file"))?;
-        let status = uapi::GroupStatus { argsz: 8, flags: 0 };
-        let (buf, _) = ioctl_buffer(&mut self.vfio, group, ioctl::GROUP_GET_STATUS, &status, 8)
-            .map_err(errno("VFIO_GROUP_GET_STATUS"))?;
-        let before = decode::<uapi::GroupStatus>(&buf).flags;
+        let before = self.group_status(group)?;
         if before & group_flags::VIABLE == 0 {
             return Err(format!("group {id} is not viable"));
         }
         let raw = container.raw();
         ioctl_buffer(&mut self.vfio, group, ioctl::GROUP_SET_CONTAINER, &raw, 4)
             .map_err(errno("VFIO_GROUP_SET_CONTAINER"))?;
-        let (buf, _) = ioctl_buffer(&mut self.vfio, group, ioctl::GROUP_GET_STATUS, &status, 8)
-            .map_err(errno("VFIO_GROUP_GET_STATUS"))?;
-        let after = decode::<uapi::GroupStatus>(&buf).flags;
+        let after = self.group_status(group)?;
         if after != group_flags::VIABLE | group_flags::CONTAINER_SET {
             return Err(format!(
                 "status after SET_CONTAINER is {after:#x}, expected 0x3"

@@ -3,7 +3,7 @@
 //! A `vfio-cases/1` file (cases-core-type1.toml) is executed step by step: the starting
 //! state is built, then every step's operation is performed and its result compared with
 //! the step's `expect` table. A file of the vfio-pci schema (`schema_version = 1`,
-//! `[[template]]`) is recognised and its cases are reported as skipped.
+//! `[[template]]`) is run by [`crate::pci_mock`] through the vfio-pci driver.
 //!
 //! The runner never panics on a malformed case file: every problem becomes a failing case
 //! whose message names the step and what was wrong.
@@ -207,21 +207,7 @@ pub fn run_text(text: &str, opts: &Options<'_>) -> FileResult {
         && doc.contains_key("template");
     if schema != Some("vfio-cases/1") {
         if pci_schema {
-            return Ok(cases
-                .iter()
-                .enumerate()
-                .map(|(i, c)| case_id_name(c, i))
-                .filter(|(id, name)| selected(opts, id, name))
-                .map(|(id, name)| CaseReport {
-                    id,
-                    name,
-                    verdict: Verdict::Skip(
-                        "vfio-pci case schema (schema_version = 1) is not executed yet: \
-                         it needs the vfio-pci bus driver and the PciAccess mock"
-                            .to_string(),
-                    ),
-                })
-                .collect());
+            return crate::pci_mock::run_pci_doc(&doc, opts);
         }
         return Err(match schema {
             Some(s) => format!("unknown case schema `{s}` (expected \"vfio-cases/1\")"),

@@ -2,8 +2,10 @@
 //!
 //! Which cases must pass is explicit: every case whose id starts with a prefix in
 //! [`MUST_PASS`] must pass; cases with a prefix in [`REPORT_ONLY`] are run and counted but
-//! do not fail the test (none at present). Files of the vfio-pci schema
-//! are recognised and their cases reported as skipped, never failed.
+//! do not fail the test. Files of the vfio-pci schema (`cases-pci.toml`) run through the
+//! vfio-pci driver and the mock platform of `vfio_tests::pci_mock`; every case of them
+//! must pass except the hot-reset cases, which need group/device-set plumbing the core
+//! does not have yet (report-only).
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +13,35 @@ use vfio_tests::registry::registry_builder;
 use vfio_tests::runner::{run_path, CaseReport, Options, Totals, Verdict};
 
 /// Case-id prefixes that must all pass.
-const MUST_PASS: &[&str] = &["CORE-", "T1-"];
-/// Case-id prefixes that are run and reported but may fail for now.
-const REPORT_ONLY: &[&str] = &[];
+const MUST_PASS: &[&str] = &[
+    "CORE-",
+    "T1-",
+    "hdr_",
+    "acc_",
+    "pm_",
+    "msi",
+    "pcie_",
+    "b_",
+    "ext_",
+    "devinfo_",
+    "regioninfo_",
+    "bar_",
+    "rom_",
+    "config_region_",
+    "vga_",
+    "irqinfo_",
+    "setirqs_",
+    "intx_",
+    "err_",
+    "req_",
+    "reset_",
+    "close_",
+    "open_",
+];
+/// Case-id prefixes that are run and reported but may fail for now: hot reset
+/// (`VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` / `VFIO_DEVICE_PCI_HOT_RESET`, spec/05 §8) has no
+/// core interface yet.
+const REPORT_ONLY: &[&str] = &["hot_reset_"];
 
 fn case_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");

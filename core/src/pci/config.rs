@@ -8,7 +8,9 @@
 use heapless::Vec;
 
 use crate::errno::{Errno, Result};
-use crate::platform::{BarIndex, BarKind, Bdf, PciAccess, ResetMethod, Width};
+use crate::platform::{
+    BarIndex, BarKind, Bdf, FunctionFacts, IntxLine, PciAccess, ResetMethod, Width,
+};
 
 use super::perm::{self, Policy};
 
@@ -197,12 +199,23 @@ pub struct ConfigSpace {
     pub(crate) power_state: u8,
     /// The user's virtual INTx disable bit as last acted upon (spec/03 §5.2 step 4).
     pub(crate) virq_disabled: bool,
+    /// What the platform said about the function at open (VF, INTx wiring, VGA).
+    pub(crate) facts: FunctionFacts,
 }
 
 impl Default for ConfigSpace {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Device context a capability write handler needs.
+#[derive(Debug, Clone, Copy)]
+struct HandlerContext {
+    /// MSI is the active interrupt type (spec/03 §6.4).
+    msi_active: bool,
+    /// vconfig PCIe MaxReadReq field before the write (spec/03 §6.5).
+    rq_before: u16,
 }
 
 /// Outcome of a config write chunk that the device layer must act on.
@@ -271,7 +284,36 @@ impl ConfigSpace {
             msi_qmax: 0,
             power_state: 0,
             virq_disabled: false,
+            facts: FunctionFacts {
+                vf_ids: None,
+                intx: IntxLine::Connected,
+                intx_masking: true,
+                has_vga: false,
+                nointx: false,
+            },
         }
+    }
+
+    /// The function lacks the Command memory-enable bit (SR-IOV VFs, spec/03 §1.2 item 3).
+    pub const fn no_command_memory(&self) -> bool {
+        self.facts.vf_ids.is_some()
+    }
+
+    /// Whether the function has a kept PCI Express capability (ID 0x10).
+    pub fn is_pcie(&self) -> bool {
+        self.caps
+            .iter()
+            .any(|c| c.id == 0x10 && c.space == CapSpace::Standard && c.len != 0)
+    }
+
+    /// The platform facts recorded at open.
+    pub const fn facts(&self) -> FunctionFacts {
+        self.facts
+    }
+
+    /// Power state last set through PMCSR (0 = D0 … 3 = D3hot).
+    pub const fn power_state(&self) -> u8 {
+        self.power_state
     }
 
     /// Config space size in bytes (256 or 4096; 0 before the first open).
@@ -429,8 +471,15 @@ impl ConfigSpace {
     ///
     /// # Errors
     /// The platform's error (as errno) for a failed config read.
-    pub(crate) fn build<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf, size: u16) -> Result<()> {
+    pub(crate) fn build<A: PciAccess>(
+        &mut self,
+        acc: &mut A,
+        bdf: Bdf,
+        size: u16,
+        facts: FunctionFacts,
+    ) -> Result<()> {
         *self = ConfigSpace::new();
+        self.facts = facts;
         self.size = size.min(CONFIG_SPACE_MAX as u16) & !3;
         self.copy_phys(acc, bdf, 0, 0x40)?;
         for i in 0..6u16 {
@@ -438,6 +487,17 @@ impl ConfigSpace {
         }
         self.rbar[6] = self.vget(0x30, 4);
         self.bardirty = true;
+        // Fix-ups 2–4 of spec/03 §1.2.
+        if let Some((vendor, device)) = facts.vf_ids {
+            self.vset(0x00, 2, u32::from(vendor));
+            self.vset(0x02, 2, u32::from(device));
+            self.vset(0x3D, 1, 0);
+            let c = self.vcommand() | CMD_MEMORY;
+            self.vset(0x04, 2, u32::from(c));
+        }
+        if facts.nointx || facts.intx == IntxLine::NotConnected {
+            self.vset(0x3D, 1, 0);
+        }
         let extended = self.walk_standard(acc, bdf)?;
         if extended {
             self.walk_extended(acc, bdf)?;
@@ -869,9 +929,17 @@ impl ConfigSpace {
 
     /// Writes the BAR values saved at open back to hardware (spec/03 §5.3).
     pub(crate) fn restore_bars<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<()> {
+        if self.no_command_memory() {
+            return Ok(());
+        }
         for (i, v) in self.rbar.iter().enumerate() {
             let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
             acc.config_write(bdf, off, Width::Dword, *v).map_err(err)?;
+        }
+        if self.facts.nointx {
+            let c = acc.config_read(bdf, 0x04, Width::Word).map_err(err)?;
+            acc.config_write(bdf, 0x04, Width::Word, c | u32::from(CMD_INTX_DISABLE))
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -1059,7 +1127,11 @@ impl ConfigSpace {
                 if in_bar && self.bardirty {
                     self.bar_fixup(acc, bdf)?;
                 }
-                self.default_read(acc, bdf, perm::HEADER, pos, pos, w)
+                let v = self.default_read(acc, bdf, perm::HEADER, pos, pos, w)?;
+                if pos == 0x04 && self.no_command_memory() {
+                    return Ok(v | u32::from(CMD_MEMORY));
+                }
+                Ok(v)
             }
             Owner::Capability(i) => {
                 let c = *self.caps.get(i).ok_or(Errno::EINVAL)?;
@@ -1068,6 +1140,14 @@ impl ConfigSpace {
                     Policy::Table(t) => self.default_read(acc, bdf, t, off, pos, w),
                     Policy::FirstHidden => Ok(self.vget(pos, w)),
                     Policy::Direct { .. } => {
+                        // Header bytes that are wholly virtual need no hardware read.
+                        let header_only = match c.space {
+                            CapSpace::Extended => usize::from(off) + w <= 4,
+                            CapSpace::Standard => off == 1 && w == 1,
+                        };
+                        if header_only {
+                            return Ok(self.vget(pos, w));
+                        }
                         let p = Self::phys_read(acc, bdf, pos, w)?;
                         let v = self.vget(pos, w);
                         Ok(match c.space {
@@ -1101,9 +1181,14 @@ impl ConfigSpace {
                 let off = pos - c.offset;
                 match self.policy(&c) {
                     Policy::Table(t) => {
+                        let rq_before = self.v16(c.offset.saturating_add(8)) & 0x7000;
                         self.default_write(acc, bdf, t, off, pos, w, u)?;
                         if c.space == CapSpace::Standard {
-                            self.cap_write_handler(acc, bdf, &c, off, w, u, msi_active)?;
+                            let ctx = HandlerContext {
+                                msi_active,
+                                rq_before,
+                            };
+                            self.cap_write_handler(acc, bdf, &c, off, w, u, ctx)?;
                         }
                         Ok(())
                     }
@@ -1128,7 +1213,12 @@ impl ConfigSpace {
             let new = (u & 0xFFFF) as u16;
             let phys = Self::phys_read(acc, bdf, 0x04, 2)? as u16;
             let virt = self.vcommand();
-            let restore = (new & virt & CMD_MEMORY != 0 && phys & CMD_MEMORY == 0)
+            if new & CMD_MEMORY == 0 {
+                acc.zap_mappings(bdf);
+            }
+            let restore = (new & virt & CMD_MEMORY != 0
+                && phys & CMD_MEMORY == 0
+                && !self.no_command_memory())
                 || (new & virt & CMD_IO != 0 && phys & CMD_IO == 0)
                 || self.bars_lost(acc, bdf)?;
             if restore {
@@ -1162,19 +1252,22 @@ impl ConfigSpace {
         off: u16,
         w: usize,
         u: u32,
-        msi_active: bool,
+        ctx: HandlerContext,
     ) -> Result<()> {
+        let msi_active = ctx.msi_active;
         let base = c.offset;
         match c.id {
             0x01 if off == 4 => {
-                // PowerState (spec/03 §6.1): the platform has no power-state call yet; the
-                // bits are written to hardware PMCSR directly (PME_Status written as 0 so
-                // the RMW does not clear it) and remembered for BAR gating.
+                // PowerState (spec/03 §6.1): the platform moves the function; the state
+                // is remembered for BAR gating (spec/05 §6.4).
                 let state = (u & 3) as u8;
-                let p = Self::phys_read(acc, bdf, base + 4, 2)?;
-                let v = (p & !(3 | 0x8000)) | u32::from(state);
-                Self::phys_write(acc, bdf, base + 4, 2, v)?;
-                self.power_state = state;
+                if state == 3 {
+                    acc.zap_mappings(bdf);
+                }
+                // Platform errors (e.g. EBUSY for a PF with VFs) are ignored (§6.1).
+                if acc.set_power_state(bdf, base, state).is_ok() {
+                    self.power_state = state;
+                }
             }
             0x05 if off <= 2 && usize::from(off) + w >= 2 => {
                 // MSI Message Control (spec/03 §6.4).
@@ -1188,16 +1281,40 @@ impl ConfigSpace {
                 self.vset(base + 2, 2, u32::from(flags));
                 Self::phys_write(acc, bdf, base + 2, 2, u32::from(flags))?;
             }
+            0x03 if off <= 3 && usize::from(off) + w > 3 => {
+                // VPD address/data handshake (spec/03 §6.6).
+                let addr = self.v16(base + 2);
+                if addr & 0x8000 != 0 {
+                    let data = self.vget(base + 4, 4);
+                    if !acc.vpd_write(bdf, addr & 0x7FFF, data) {
+                        return Ok(());
+                    }
+                } else {
+                    let Some(data) = acc.vpd_read(bdf, addr & 0x7FFF) else {
+                        return Ok(());
+                    };
+                    self.vset(base + 4, 4, data);
+                }
+                self.vset(base + 2, 2, u32::from(addr ^ 0x8000));
+            }
             0x10 => {
-                // Device Control FLR trap (spec/03 §6.5). MRRS propagation to hardware needs
-                // a platform `set_readrq` call that does not exist yet: MRRS stays virtual.
+                // Device Control: FLR trap and MaxReadReq propagation (spec/03 §6.5).
                 let devctl = self.v16(base + 8);
                 if devctl & 0x8000 != 0 {
                     self.vset(base + 8, 2, u32::from(devctl & !0x8000));
                     let devcap = Self::phys_read(acc, bdf, base + 4, 4)?;
                     if devcap & 0x1000_0000 != 0 {
+                        acc.zap_mappings(bdf);
                         let _ = acc.reset(bdf, ResetMethod::Function);
                     }
+                }
+                let rq = self.v16(base + 8) & 0x7000;
+                if rq != ctx.rq_before {
+                    let mut bytes = 128u32 << (rq >> 12);
+                    let hw = Self::phys_read(acc, bdf, base + 8, 2)?;
+                    let mps = 128u32 << ((hw >> 5) & 7).min(5);
+                    bytes = bytes.max(mps);
+                    let _ = acc.set_readrq(bdf, base, bytes);
                 }
             }
             0x13 => {
@@ -1207,12 +1324,11 @@ impl ConfigSpace {
                     self.vset(base + 4, 1, u32::from(ctl & !1));
                     let afcap = walk_read(acc, bdf, self.size, base + 3, 1)?;
                     if afcap & 0x03 == 0x03 {
+                        acc.zap_mappings(bdf);
                         let _ = acc.reset(bdf, ResetMethod::Function);
                     }
                 }
             }
-            // VPD (spec/03 §6.6): address/data are virtual; the handshake needs platform
-            // VPD access that does not exist yet, so the F flag is never toggled.
             _ => {}
         }
         Ok(())

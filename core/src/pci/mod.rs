@@ -38,8 +38,11 @@ pub use perm::{cap_name, policy_for, Policy, RegPerm};
 
 use config::{WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY};
 
+use crate::era::Era;
 use crate::errno::{Errno, Error as _, Result};
-use crate::platform::{BarIndex, BarKind, Bdf, EventSink, MsiKind, PciAccess, ResetMethod, Width};
+use crate::platform::{
+    BarIndex, BarKind, Bdf, EventSink, IntxLine, MsiKind, PciAccess, ResetMethod, Width,
+};
 use crate::uapi::{
     device_flags, irq_index, irq_info_flags, irq_set_flags, region_cap, region_flags, region_index,
 };
@@ -58,6 +61,9 @@ pub const MAX_VECTORS: usize = 64;
 pub const PAGE_SIZE: u64 = 4096;
 
 const REGION_MASK: u64 = (1 << region_index::OFFSET_SHIFT) - 1;
+
+/// Size of the VGA region (spec/05 §6.5): legacy addresses 0 … 0xBFFFF, bytes.
+pub const VGA_REGION_SIZE: u64 = 0xC_0000;
 
 /// The device's single active interrupt mode (spec/04 §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,8 +164,22 @@ impl<Ev: Copy> PciDevice<Ev> {
     }
 
     fn memory_enabled(&self) -> bool {
-        self.config.vcommand() & CMD_MEMORY != 0 && self.config.power_state < 3
+        (self.config.vcommand() & CMD_MEMORY != 0 || self.config.no_command_memory())
+            && self.config.power_state < 3
     }
+}
+
+/// How the MSI-X table BAR is offered for mmap (spec/05 §5.1, by kernel era).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MsixMmapPolicy {
+    /// ≥ 4.16: the whole BAR is mappable; region info carries `MSIX_MAPPABLE`.
+    #[default]
+    Mappable,
+    /// 4.7–4.15: region info carries a `SPARSE_MMAP` capability around the table.
+    Sparse,
+    /// ≤ 4.6: no capability; mmaps overlapping the table are refused.
+    Deny,
 }
 
 /// The vfio-pci bus driver: owns the platform's PCI access and event sink.
@@ -167,6 +187,9 @@ impl<Ev: Copy> PciDevice<Ev> {
 pub struct PciDriver<A, E> {
     access: A,
     events: E,
+    era: Era,
+    msix_mmap: MsixMmapPolicy,
+    page_size: u64,
 }
 
 fn perr<T, Er: crate::errno::Error>(r: core::result::Result<T, Er>) -> Result<T> {
@@ -182,7 +205,41 @@ fn msi_qmax(nvec: u16) -> u8 {
 impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
     /// A driver over the platform's `access` and `events`.
     pub const fn new(access: A, events: E) -> Self {
-        PciDriver { access, events }
+        PciDriver {
+            access,
+            events,
+            era: Era::Linux7_3,
+            msix_mmap: MsixMmapPolicy::Mappable,
+            page_size: PAGE_SIZE,
+        }
+    }
+
+    /// The same driver reproducing kernel era `era` where kernels differ
+    /// (oracle/DIFFERENCES.md: MSI-X `NORESIZE` and no dynamic MSI-X, no ERR index on
+    /// conventional functions in 6.1).
+    pub const fn with_era(mut self, era: Era) -> Self {
+        self.era = era;
+        self
+    }
+
+    /// The same driver with MSI-X BAR mmap policy `policy` (spec/05 §5.1).
+    pub const fn with_msix_mmap(mut self, policy: MsixMmapPolicy) -> Self {
+        self.msix_mmap = policy;
+        self
+    }
+
+    /// The same driver assuming host page size `bytes` (a power of two ≥ 4096; other
+    /// values are ignored) for mmap eligibility and sparse areas (spec/05 §5.1, §7).
+    pub const fn with_page_size(mut self, bytes: u64) -> Self {
+        if bytes.is_power_of_two() && bytes >= 4096 {
+            self.page_size = bytes;
+        }
+        self
+    }
+
+    /// The kernel era reproduced.
+    pub const fn era(&self) -> Era {
+        self.era
     }
 
     /// The platform's PCI access.
@@ -283,6 +340,18 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         }
     }
 
+    /// The platform's AER `error_detected` callback for the function (spec/04 §5.3):
+    /// signals the ERR trigger if one is registered. Returns whether one was signalled.
+    pub fn aer_error(&self, state: &PciDevice<E::Event>) -> bool {
+        match state.irq.err {
+            Some(ev) if state.open => {
+                self.events.signal(ev);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Interrupt entry for INTx (spec/04 §6.4): automasks (sets hardware DisINTx) and
     /// signals the trigger. Returns whether the interrupt was taken (INTx active and not
     /// already masked).
@@ -291,7 +360,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             return false;
         }
         state.irq.intx_masked = true;
-        self.set_hw_intx_disable(state.bdf, true);
+        self.set_hw_intx_disable(state, true);
         if !state.config.virq_disabled {
             if let Some(ev) = state.irq.intx_trigger {
                 self.events.signal(ev);
@@ -307,7 +376,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         let bdf = state.bdf;
         if state.irq.kind != IrqType::Intx {
             if !state.config.virq_disabled {
-                self.set_hw_intx_disable(bdf, false);
+                self.set_hw_intx_disable(state, false);
             }
             return;
         }
@@ -322,19 +391,25 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 self.events.signal(ev);
             }
         } else {
-            self.set_hw_intx_disable(bdf, false);
+            self.set_hw_intx_disable(state, false);
         }
         state.irq.intx_masked = pending;
     }
 
     fn intx_mask(&mut self, state: &mut PciDevice<E::Event>) {
-        self.set_hw_intx_disable(state.bdf, true);
+        self.set_hw_intx_disable(state, true);
         if state.irq.kind == IrqType::Intx {
             state.irq.intx_masked = true;
         }
     }
 
-    fn set_hw_intx_disable(&mut self, bdf: Bdf, on: bool) {
+    /// Sets or clears hardware DisINTx; only PCI 2.3 functions have it (spec/03 §5.2
+    /// step 4; a non-2.3 function is masked at the host line instead).
+    fn set_hw_intx_disable(&mut self, state: &PciDevice<E::Event>, on: bool) {
+        if !state.config.facts().intx_masking {
+            return;
+        }
+        let bdf = state.bdf;
         if let Ok(cmd) = perr(self.access.config_read(bdf, 0x04, Width::Word)) {
             let new = if on {
                 cmd | u32::from(CMD_INTX_DISABLE)
@@ -367,7 +442,8 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             return Err(Errno::ENODEV);
         }
         let vendor = perr(self.access.config_read(bdf, 0x00, Width::Word))?;
-        if vendor == 0xFFFF || vendor == 0 {
+        let vf = self.access.function_facts(bdf).vf_ids.is_some();
+        if !vf && (vendor == 0xFFFF || vendor == 0) {
             return Err(Errno::ENODEV);
         }
         let header = perr(self.access.config_read(bdf, 0x0E, Width::Byte))?;
@@ -398,6 +474,11 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         if perr(self.access.rom_size(bdf))? != 0 {
             decode |= CMD_MEMORY;
         }
+        let facts = self.access.function_facts(bdf);
+        if facts.vf_ids.is_some() {
+            // A VF has no decode bits to enable (spec/05 §2 step 3, non-VF only).
+            decode = 0;
+        }
         let enabled = (command & !CMD_MASTER) | decode;
         perr(
             self.access
@@ -420,8 +501,9 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 Err(_) => {}
             }
         }
+        self.access.save_state(bdf);
         // Step 8: build the config map and vconfig.
-        if let Err(e) = state.config.build(&mut self.access, bdf, size) {
+        if let Err(e) = state.config.build(&mut self.access, bdf, size, facts) {
             let _ =
                 self.access
                     .config_write(bdf, 0x04, Width::Word, u32::from(state.saved_command));
@@ -470,14 +552,27 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             });
         }
         let mut flags = region_flags::READ | region_flags::WRITE;
-        if r.kind != BarKind::Io && (r.size >= PAGE_SIZE || r.start % PAGE_SIZE == 0) {
+        let page = self.page_size;
+        if r.kind != BarKind::Io && (r.size >= page || r.start % page == 0) {
             flags |= region_flags::MMAP;
-            if state
-                .config
-                .msix()
-                .is_some_and(|m| u32::from(m.bar) == index)
-            {
-                caps.add(region_cap::MSIX_MAPPABLE, 1, &[])?;
+            let msix = state.config.msix().filter(|m| u32::from(m.bar) == index);
+            match (msix, self.msix_mmap) {
+                (Some(_), MsixMmapPolicy::Mappable) => {
+                    caps.add(region_cap::MSIX_MAPPABLE, 1, &[])?;
+                }
+                (Some(m), MsixMmapPolicy::Sparse) => {
+                    let areas = sparse_areas(m, r.size, page);
+                    let mut payload = [0u8; 8 + 2 * 16];
+                    let n = areas.iter().filter(|a| a.is_some()).count().max(1);
+                    payload[0..4].copy_from_slice(&(n as u32).to_le_bytes());
+                    for (slot, a) in areas.iter().flatten().enumerate() {
+                        let at = 8 + 16 * slot;
+                        payload[at..at + 8].copy_from_slice(&a.0.to_le_bytes());
+                        payload[at + 8..at + 16].copy_from_slice(&a.1.to_le_bytes());
+                    }
+                    caps.add(region_cap::SPARSE_MMAP, 1, &payload[..8 + 16 * n])?;
+                }
+                _ => {}
             }
         }
         Ok(RegionInfo {
@@ -570,9 +665,48 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         let count = buf
             .len()
             .min(usize::try_from(size - pos).unwrap_or(usize::MAX));
-        if !state.memory_enabled() {
-            return Err(Errno::EIO);
+        let image = perr(self.access.rom_image_size(bdf))?.min(size);
+        let mut done = 0usize;
+        while done < count {
+            let p = pos + done as u64;
+            let left = count - done;
+            if p >= image {
+                // Past the valid image: 0xFF, hardware untouched (spec/05 §6.3).
+                if let Some(s) = buf.get_mut(done..count) {
+                    s.fill(0xFF);
+                }
+                break;
+            }
+            if !state.memory_enabled() {
+                return Err(Errno::EIO);
+            }
+            let left = left.min(usize::try_from(image - p).unwrap_or(usize::MAX));
+            let w = if left >= 4 && p % 4 == 0 {
+                4
+            } else if left >= 2 && p % 2 == 0 {
+                2
+            } else {
+                1
+            };
+            let s = buf.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
+            perr(self.access.rom_read(bdf, p, s))?;
+            done += w;
         }
+        Ok(count)
+    }
+
+    /// VGA region access (spec/05 §6.5): `pos` is the legacy address itself.
+    fn vga_rw(&mut self, state: &PciDevice<E::Event>, pos: u64, mut io: Io<'_>) -> Result<usize> {
+        let (end, is_io) = match pos {
+            0xA_0000..=0xB_FFFF => (VGA_REGION_SIZE, false),
+            0x3B0..=0x3BB => (0x3BC, true),
+            0x3C0..=0x3DF => (0x3E0, true),
+            _ => return Err(Errno::EINVAL),
+        };
+        let count = io
+            .len()
+            .min(usize::try_from(end - pos).unwrap_or(usize::MAX));
+        let bdf = state.bdf;
         let mut done = 0usize;
         while done < count {
             let p = pos + done as u64;
@@ -584,8 +718,19 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             } else {
                 1
             };
-            let s = buf.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
-            perr(self.access.rom_read(bdf, p, s))?;
+            let ok = match &mut io {
+                Io::Read(b) => {
+                    let s = b.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
+                    self.access.vga_read(bdf, is_io, p, s)
+                }
+                Io::Write(d) => {
+                    let s = d.get(done..done + w).ok_or(Errno::EINVAL)?;
+                    self.access.vga_write(bdf, is_io, p, s)
+                }
+            };
+            if !ok {
+                return Err(Errno::EIO);
+            }
             done += w;
         }
         Ok(count)
@@ -677,9 +822,13 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                         None
                     };
                     if state.irq.kind != IrqType::Intx {
+                        if state.config.facts().intx == IntxLine::Missing {
+                            // No host interrupt number to request (spec/04 §5.1).
+                            return Err(Errno::ENODEV);
+                        }
                         state.irq.kind = IrqType::Intx;
                         state.irq.intx_masked = state.config.virq_disabled;
-                        self.set_hw_intx_disable(state.bdf, state.irq.intx_masked);
+                        self.set_hw_intx_disable(state, state.irq.intx_masked);
                     }
                     state.irq.intx_trigger = ev;
                     return Ok(0);
@@ -818,7 +967,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             return Err(Errno::ENOSPC);
         }
         if v >= u32::from(state.irq.allocated) {
-            if !msix {
+            if !msix || self.era == Era::Linux6_1 {
                 return Err(Errno::EINVAL);
             }
             self.msix_grow(state, (v + 1) as u16)?;
@@ -881,6 +1030,18 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         }
         Ok(0)
     }
+}
+
+/// Sparse-mmap areas of the MSI-X BAR (spec/05 §5.1): the pages before and after the
+/// table, as `(offset, size)` in bytes. Both `None`: the degenerate single all-zero area.
+fn sparse_areas(m: MsixInfo, end: u64, page: u64) -> [Option<(u64, u64)>; 2] {
+    let o = u64::from(m.table_offset);
+    let table_end = o.saturating_add(u64::from(m.table_bytes));
+    let first = o & !(page - 1);
+    let after = table_end.saturating_add(page - 1) & !(page - 1);
+    let a = (first != 0).then_some((0, first));
+    let b = (after < end).then(|| (after, end - after));
+    [a, b]
 }
 
 /// The `i`-th s32 eventfd of SET_IRQS data.
@@ -947,6 +1108,7 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
         let _ = self
             .access
             .config_write(bdf, 0x04, Width::Word, u32::from(state.saved_command));
+        self.access.restore_state(bdf);
         state.irq = IrqState::new();
         state.open = false;
     }
@@ -990,6 +1152,11 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
                 size: u64::from(state.config.size()),
                 offset,
             }),
+            region_index::VGA if state.config.facts().has_vga => Ok(RegionInfo {
+                flags: region_flags::READ | region_flags::WRITE,
+                size: VGA_REGION_SIZE,
+                offset,
+            }),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -1000,7 +1167,10 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
             irq_index::INTX => {
                 irq_info_flags::EVENTFD | irq_info_flags::MASKABLE | irq_info_flags::AUTOMASKED
             }
-            irq_index::MSIX if count > 0 => irq_info_flags::EVENTFD,
+            irq_index::MSIX if count > 0 && self.era != Era::Linux6_1 => irq_info_flags::EVENTFD,
+            irq_index::ERR if self.era == Era::Linux6_1 && !state.config.is_pcie() => {
+                return Err(Errno::EINVAL)
+            }
             irq_index::MSI | irq_index::MSIX | irq_index::ERR | irq_index::REQ => {
                 irq_info_flags::EVENTFD | irq_info_flags::NORESIZE
             }
@@ -1064,6 +1234,9 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
                 self.bar_rw(state, i, pos, Io::Read(buf))
             }
             region_index::ROM => self.rom_read(state, pos, buf),
+            region_index::VGA if state.config.facts().has_vga => {
+                self.vga_rw(state, pos, Io::Read(buf))
+            }
             region_index::CONFIG => {
                 let bdf = state.bdf;
                 state.config.read(&mut self.access, bdf, pos, buf)
@@ -1083,6 +1256,9 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
                 self.bar_rw(state, i, pos, Io::Write(data))
             }
             region_index::CONFIG => self.config_write(state, pos, data),
+            region_index::VGA if state.config.facts().has_vga => {
+                self.vga_rw(state, pos, Io::Write(data))
+            }
             _ => Err(Errno::EINVAL),
         }
     }

@@ -270,6 +270,133 @@ pub trait PciAccess: ErrorType {
 
     /// Frees every host vector of `dev` and disables MSI/MSI-X in hardware. Never fails.
     fn irq_vectors_free(&mut self, dev: Bdf);
+
+    /// Facts about the function that config space cannot tell (spec/03 §1.2 fix-ups,
+    /// spec/05 §2): SR-IOV VF identity, INTx wiring, PCI 2.3 INTx masking, VGA.
+    /// Default: a plain physical function with a connected INTx line, PCI 2.3 masking
+    /// and no VGA.
+    fn function_facts(&mut self, dev: Bdf) -> FunctionFacts {
+        let _ = dev;
+        FunctionFacts::default()
+    }
+
+    /// Moves the function to power state `state` (0 = D0 … 3 = D3hot) through its PM
+    /// capability at config offset `pm_cap` (spec/03 §6.1). Errors are ignored by the
+    /// core. Default: read-modify-write of PMCSR bits 1:0 (PME_Status written as 0 so the
+    /// write does not clear it).
+    fn set_power_state(&mut self, dev: Bdf, pm_cap: u16, state: u8) -> Result<(), Self::Error> {
+        let at = pm_cap.saturating_add(4);
+        let v = self.config_read(dev, at, Width::Word)?;
+        self.config_write(dev, at, Width::Word, (v & !0x8003) | u32::from(state & 3))
+    }
+
+    /// Reads 4 bytes of VPD at byte address `addr` (0..=0x7fff), little-endian
+    /// (spec/03 §6.6). `None` when VPD cannot be read (the handshake then stalls).
+    /// Default: `None`.
+    fn vpd_read(&mut self, dev: Bdf, addr: u16) -> Option<u32> {
+        let _ = (dev, addr);
+        None
+    }
+
+    /// Writes 4 bytes of VPD at byte address `addr`; returns whether all 4 were written.
+    /// Default: `false` (nothing written).
+    fn vpd_write(&mut self, dev: Bdf, addr: u16, value: u32) -> bool {
+        let _ = (dev, addr, value);
+        false
+    }
+
+    /// Sets the hardware PCIe Max_Read_Request_Size to `bytes` (128…4096, a power of two)
+    /// through the PCIe capability at `pcie_cap` (spec/03 §6.5). Default: read-modify-write
+    /// of Device Control bits 14:12.
+    fn set_readrq(&mut self, dev: Bdf, pcie_cap: u16, bytes: u32) -> Result<(), Self::Error> {
+        let at = pcie_cap.saturating_add(8);
+        let field = (bytes.max(128) / 128).trailing_zeros().min(5);
+        let v = self.config_read(dev, at, Width::Word)?;
+        self.config_write(dev, at, Width::Word, (v & !0x7000) | (field << 12))
+    }
+
+    /// Bytes of valid ROM image behind the ROM resource (spec/05 §6.3): ROM region bytes
+    /// at or past this offset read 0xFF without touching hardware. Default: the whole ROM
+    /// ([`PciAccess::rom_size`]).
+    fn rom_image_size(&mut self, dev: Bdf) -> Result<u64, Self::Error> {
+        self.rom_size(dev)
+    }
+
+    /// Reads legacy VGA space (spec/05 §6.5): `io` selects the I/O ports (`addr` =
+    /// port 0x3b0..0x3df) or VGA memory (`addr` = 0xa0000..0xbffff). Returns whether the
+    /// access was done. Default: `false`.
+    fn vga_read(&mut self, dev: Bdf, io: bool, addr: u64, buf: &mut [u8]) -> bool {
+        let _ = (dev, io, addr, buf);
+        false
+    }
+
+    /// Writes legacy VGA space; as [`PciAccess::vga_read`]. Default: `false`.
+    fn vga_write(&mut self, dev: Bdf, io: bool, addr: u64, data: &[u8]) -> bool {
+        let _ = (dev, io, addr, data);
+        false
+    }
+
+    /// Saves the function's config state (spec/05 §2 step 5: after the open-time reset)
+    /// for [`PciAccess::restore_state`] at last close. Default: nothing.
+    fn save_state(&mut self, dev: Bdf) {
+        let _ = dev;
+    }
+
+    /// Restores the state saved by [`PciAccess::save_state`] (spec/05 §3). Default:
+    /// nothing.
+    fn restore_state(&mut self, dev: Bdf) {
+        let _ = dev;
+    }
+
+    /// Revokes every user mapping of the function's BARs (spec/05 §6.4; called when memory
+    /// decode is turned off, on D3hot entry and around resets). Default: nothing (a
+    /// platform without user mappings).
+    fn zap_mappings(&mut self, dev: Bdf) {
+        let _ = dev;
+    }
+}
+
+/// How the function's INTx pin is wired to the host (spec/03 §1.2 fix-up 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum IntxLine {
+    /// A usable host interrupt line.
+    #[default]
+    Connected,
+    /// The platform says `IRQ_NOTCONNECTED`: the virtual pin reads 0.
+    NotConnected,
+    /// No host interrupt number: the pin is shown, enabling INTx fails `ENODEV`.
+    Missing,
+}
+
+/// Facts about a function that config space cannot tell (see
+/// [`PciAccess::function_facts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FunctionFacts {
+    /// `Some((vendor, device))` for an SR-IOV VF: the IDs its hardware does not report.
+    /// A VF also lacks the Command memory-enable bit (`no_command_memory`).
+    pub vf_ids: Option<(u16, u16)>,
+    /// INTx wiring.
+    pub intx: IntxLine,
+    /// PCI 2.3 INTx masking works (DisINTx and Interrupt Status).
+    pub intx_masking: bool,
+    /// The function decodes legacy VGA ranges (VGA region, index 8).
+    pub has_vga: bool,
+    /// The function is on the nointx quirk list (virtual pin 0, DisINTx set on restore).
+    pub nointx: bool,
+}
+
+impl Default for FunctionFacts {
+    fn default() -> Self {
+        FunctionFacts {
+            vf_ids: None,
+            intx: IntxLine::Connected,
+            intx_masking: true,
+            has_vga: false,
+            nointx: false,
+        }
+    }
 }
 
 /// An IOMMU group number as the platform names it (`/dev/vfio/<id>` on Linux).

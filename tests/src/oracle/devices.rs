@@ -1,18 +1,525 @@
-//! Replay of the oracle's Type1 files (`type1/type1.json`, `type1/type1v2.json`).
+//! Replay of the oracle's vfio-pci device files (`devices/*.json`, schema
+//! `vfio-kernel-oracle/device/1`) against the vfio-pci driver.
+//!
+//! The device is a [`MockPci`] built from the file's physical config after open
+//! (`phys_config_after_open`) and the BAR/ROM resources of `sysfs.resource`. Replayed and
+//! compared, one check per value: `device_info`, `regions`, `irqs` (info only),
+//! `config_reads_initial` (every access at widths 1/2/4), `config_writes` in order
+//! (`before`, write result, `after`, `vfio_dwords`, `phys_dwords`), `config_raw_accesses`
+//! (results, read data, `vfio_after`/`phys_after`), and `region_access` results.
+//!
+//! Hardware model (not the core's behaviour): the emulated device's own write masks are
+//! taken from the file. Before each write, every physical bit that the oracle shows
+//! unchanged across the write is locked in the mock (the QEMU device ignored writes to
+//! it); after the write, physical dwords are compared and then re-synchronised to the
+//! file's values (live register state). The ROM reads `ENOMEM` while the device cannot
+//! decode memory on 7.3 (QEMU 10; ERRATA 6), and its valid image is modelled as the first
+//! half of the resource. A secondary-bus reset counts as a function reset only when the
+//! function is alone in its group.
+//!
+//! Not replayed (another issue; listed in the output, not counted): `set_irqs`,
+//! `msix_dynamic`, `misc_ioctls`, `device_feature_queries`, open/close snapshots, mmap.
 
 use std::path::Path;
 
-use vfio_core::Era;
+use serde_json::Value;
+use vfio_core::pci::{PciDevice, PciDriver};
+use vfio_core::platform::{BarKind, BarResource};
+use vfio_core::vfio::{BusDriver, CapChain};
+use vfio_core::{Era, Errno};
 
 use super::Tally;
+use crate::pci_mock::{MockEvents, MockPci, MockRom, MOCK_BDF};
+
+type Driver = PciDriver<MockPci, MockEvents>;
+
+fn num(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let s = s.trim();
+            match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Hex bytes in memory order; `??` (a byte that did not come back) is `None`.
+fn bytes(s: &str) -> Vec<Option<u8>> {
+    s.as_bytes()
+        .chunks(2)
+        .map(|c| {
+            std::str::from_utf8(c)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
+}
+
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `Ok(bytes)` / `Err(errno name)` of a syscall result as the oracle records it.
+fn outcome(v: &Value) -> Result<i64, String> {
+    let ret = v.get("ret").and_then(Value::as_i64).unwrap_or(0);
+    if ret < 0 {
+        Err(v
+            .get("errno")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn ours<T>(r: &Result<T, Errno>, ok: impl Fn(&T) -> i64) -> Result<i64, String> {
+    match r {
+        Ok(v) => Ok(ok(v)),
+        Err(e) => Err(e.name().to_string()),
+    }
+}
+
+fn build(doc: &Value, era: Era) -> Result<(Driver, PciDevice<i32>), String> {
+    let phys = doc
+        .get("phys_config_after_open")
+        .and_then(Value::as_str)
+        .ok_or("no phys_config_after_open")?;
+    let size = doc
+        .pointer("/config_reads_initial/size")
+        .and_then(num)
+        .unwrap_or(256) as u16;
+    let mut m = MockPci::blank(size);
+    for (i, b) in bytes(phys).into_iter().enumerate().take(4096) {
+        m.cfg[i] = b.unwrap_or(0xFF);
+    }
+    let res = doc
+        .pointer("/sysfs/resource")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, line) in res.iter().enumerate().take(7) {
+        let f: Vec<u64> = line
+            .as_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .filter_map(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok())
+            .collect();
+        let [start, end, flags] = f[..] else { continue };
+        if end == 0 {
+            continue;
+        }
+        let size = end - start + 1;
+        if i == 6 {
+            // Hardware model: QEMU's option ROM images are smaller than the resource; the
+            // 6.1 files show reads near the resource end succeed ungated (0xFF fill).
+            m.rom = MockRom::Resource {
+                size,
+                image: size / 2,
+            };
+            continue;
+        }
+        let kind = if flags & 0x100 != 0 {
+            BarKind::Io
+        } else if flags & 0x0010_0000 != 0 {
+            BarKind::Mem64
+        } else {
+            BarKind::Mem32
+        };
+        m.bars[i] = BarResource {
+            kind,
+            prefetch: flags & 0x2000 != 0,
+            start,
+            size,
+        };
+    }
+    let reset = doc
+        .pointer("/sysfs/reset_method")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    // Hardware model: a secondary-bus reset works as a function reset only when the
+    // function is alone behind its bridge (one device in its group); rtl8139/e1000 share
+    // theirs.
+    let alone = doc
+        .pointer("/sysfs/group_devices")
+        .and_then(Value::as_array)
+        .is_none_or(|g| g.len() <= 1);
+    m.reset_function = reset.split_whitespace().any(|r| r != "bus" || alone);
+    m.rom_unreadable_when_off = era == Era::Linux7_3;
+    let mut driver = PciDriver::new(m, MockEvents::default()).with_era(era);
+    let mut dev = PciDevice::new(MOCK_BDF);
+    driver
+        .open_device(&mut dev)
+        .map_err(|e| format!("open failed: {e:?}"))?;
+    // The open-time effects the file already shows (decode enable, reset) are in
+    // phys_config_after_open: resynchronise.
+    for (i, b) in bytes(phys).into_iter().enumerate().take(4096) {
+        driver.access_mut().cfg[i] = b.unwrap_or(0xFF);
+    }
+    Ok((driver, dev))
+}
+
+fn read(
+    driver: &mut Driver,
+    dev: &mut PciDevice<i32>,
+    off: u64,
+    n: usize,
+) -> Result<Vec<u8>, Errno> {
+    let mut buf = vec![0u8; n];
+    let got = driver.read(dev, off, &mut buf)?;
+    buf.truncate(got);
+    Ok(buf)
+}
+
+const CFG: u64 = 7 << 40;
+
+/// Locks every physical bit of the dwords at `off` that the oracle's `target` shows
+/// equal to the mock's current value (the emulated device kept them).
+fn lock_from(driver: &mut Driver, off: usize, target: &[Option<u8>]) {
+    let m = driver.access_mut();
+    m.hw_ro.clear();
+    for (i, t) in target.iter().enumerate() {
+        let at = off + i;
+        let cur = m.cfg.get(at).copied().unwrap_or(0);
+        let mask = match t {
+            Some(t) => !(cur ^ t),
+            None => 0xFF,
+        };
+        if mask != 0 {
+            m.hw_ro.push((at as u16, 1, u32::from(mask)));
+        }
+    }
+}
+
+fn sync_to(driver: &mut Driver, off: usize, target: &[Option<u8>]) {
+    let m = driver.access_mut();
+    m.hw_ro.clear();
+    for (i, t) in target.iter().enumerate() {
+        if let (Some(t), Some(b)) = (t, m.cfg.get_mut(off + i)) {
+            *b = *t;
+        }
+    }
+}
+
+fn cmp_bytes(t: &mut Tally, ctx: &str, what: &str, want: &[Option<u8>], got: &[u8]) {
+    let w: Vec<Option<u8>> = want.to_vec();
+    let g: Vec<Option<u8>> = got
+        .iter()
+        .zip(want.iter())
+        .map(|(g, w)| w.map(|_| *g))
+        .chain(std::iter::repeat_n(
+            None,
+            want.len().saturating_sub(got.len()),
+        ))
+        .collect();
+    if want.len() > got.len() {
+        t.check(ctx, what, hex_opt(&w), hexs(got));
+    } else {
+        t.check(ctx, what, hex_opt(&w), hex_opt(&g));
+    }
+}
+
+fn hex_opt(b: &[Option<u8>]) -> String {
+    b.iter()
+        .map(|x| x.map_or("??".to_string(), |v| format!("{v:02x}")))
+        .collect()
+}
 
 /// Replays a device oracle file against the vfio-pci driver with era `era`.
 ///
 /// # Errors
-/// Always, for now: device replay is not written yet (issue "config space").
+/// A message when the file cannot be read or parsed, or the device cannot be opened.
 pub fn replay(path: &Path, era: Era) -> Result<Tally, String> {
-    Err(format!(
-        "{}: device oracle replay is not implemented yet ({era:?})",
-        path.display()
-    ))
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().to_string());
+    let (mut driver, mut dev) = build(&doc, era).map_err(|e| format!("{name}: {e}"))?;
+    let mut t = Tally::default();
+    let empty = Vec::new();
+    let arr = |k: &str| {
+        doc.get(k)
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+            .clone()
+    };
+
+    // device_info
+    if let Some(info) = doc.get("device_info") {
+        let mut scratch = [0u8; 256];
+        let r = driver.device_info(&mut dev, &mut CapChain::new(&mut scratch));
+        let ctx = format!("{name} device_info");
+        if let Ok(i) = r {
+            t.check(
+                &ctx,
+                "flags",
+                info.get("flags").and_then(num),
+                Some(u64::from(i.flags)),
+            );
+            t.check(
+                &ctx,
+                "num_regions",
+                info.get("num_regions").and_then(num),
+                Some(u64::from(i.num_regions)),
+            );
+            t.check(
+                &ctx,
+                "num_irqs",
+                info.get("num_irqs").and_then(num),
+                Some(u64::from(i.num_irqs)),
+            );
+        }
+    }
+    // regions
+    for r in arr("regions") {
+        let index = r.get("index").and_then(num).unwrap_or(0) as u32;
+        let ctx = format!("{name} regions[{index}]");
+        let mut scratch = [0u8; 1024];
+        let mut chain = CapChain::new(&mut scratch);
+        let got = driver.region_info(&mut dev, index, &mut chain);
+        t.check(&ctx, "result", outcome(&r).map(|_| 0), ours(&got, |_| 0));
+        if let Ok(i) = got {
+            let caps = !chain.is_empty();
+            let flags = u64::from(i.flags) | if caps { 0x8 } else { 0 };
+            t.check(&ctx, "flags", r.get("flags").and_then(num), Some(flags));
+            t.check(&ctx, "size", r.get("size").and_then(num), Some(i.size));
+            t.check(
+                &ctx,
+                "offset",
+                r.get("offset").and_then(num),
+                Some(i.offset),
+            );
+            let need = 32 + chain.len() as u64;
+            let argsz_out = if caps { need } else { 32 };
+            t.check(
+                &ctx,
+                "argsz_out",
+                r.get("argsz_out").and_then(num),
+                Some(argsz_out),
+            );
+        }
+    }
+    // irqs (GET_IRQ_INFO only)
+    for r in arr("irqs") {
+        let index = r.get("index").and_then(num).unwrap_or(0) as u32;
+        let ctx = format!("{name} irqs[{index}]");
+        let got = driver.irq_info(&mut dev, index);
+        t.check(&ctx, "result", outcome(&r).map(|_| 0), ours(&got, |_| 0));
+        if let Ok(i) = got {
+            t.check(
+                &ctx,
+                "flags",
+                r.get("flags").and_then(num),
+                Some(u64::from(i.flags)),
+            );
+            t.check(
+                &ctx,
+                "count",
+                r.get("count").and_then(num),
+                Some(u64::from(i.count)),
+            );
+        }
+    }
+    // config_reads_initial
+    if let Some(reads) = doc.get("config_reads_initial") {
+        let size = reads.get("size").and_then(num).unwrap_or(256) as usize;
+        for (key, w) in [("w1", 1usize), ("w2", 2), ("w4", 4)] {
+            let Some(want) = reads.get(key).and_then(Value::as_str).map(bytes) else {
+                continue;
+            };
+            let mut off = 0;
+            while off + w <= size.min(want.len()) {
+                let got = read(&mut driver, &mut dev, CFG + off as u64, w).unwrap_or_default();
+                let exp = &want[off..off + w];
+                if exp.iter().any(Option::is_some) {
+                    cmp_bytes(
+                        &mut t,
+                        &format!("{name} config_reads_initial {key}@{off:#x}"),
+                        "data",
+                        exp,
+                        &got,
+                    );
+                }
+                off += w;
+            }
+        }
+    }
+    // config_writes
+    for wr in arr("config_writes") {
+        let label = wr.get("name").and_then(Value::as_str).unwrap_or("?");
+        let ctx = format!("{name} config_writes \"{label}\"");
+        let off = wr.get("offset").and_then(num).unwrap_or(0);
+        let width = wr.get("width").and_then(num).unwrap_or(4) as usize;
+        let value = wr.get("value").and_then(num).unwrap_or(0);
+        if let Some(b) = wr.get("before") {
+            let got = read(&mut driver, &mut dev, CFG + off, width);
+            t.check(
+                &ctx,
+                "before result",
+                outcome(b),
+                ours(&got, |v| v.len() as i64),
+            );
+            if let (Some(d), Ok(g)) = (b.get("data").and_then(Value::as_str), &got) {
+                cmp_bytes(&mut t, &ctx, "before data", &bytes(d), g);
+            }
+        }
+        let phys = wr.get("phys_dwords");
+        let poff = phys
+            .and_then(|p| p.get("offset"))
+            .and_then(num)
+            .unwrap_or(off & !3) as usize;
+        let ptarget = phys
+            .and_then(|p| p.get("data"))
+            .and_then(Value::as_str)
+            .map(bytes)
+            .unwrap_or_default();
+        lock_from(&mut driver, poff, &ptarget);
+        let data = value.to_le_bytes();
+        let got = driver.write(&mut dev, CFG + off, &data[..width.min(8)]);
+        if let Some(w) = wr.get("write") {
+            t.check(&ctx, "write result", outcome(w), ours(&got, |n| *n as i64));
+        }
+        let now: Vec<u8> = (0..ptarget.len())
+            .map(|i| driver.access().cfg.get(poff + i).copied().unwrap_or(0))
+            .collect();
+        cmp_bytes(&mut t, &ctx, "phys_dwords", &ptarget, &now);
+        sync_to(&mut driver, poff, &ptarget);
+        if let Some(a) = wr.get("after") {
+            let got = read(&mut driver, &mut dev, CFG + off, width);
+            t.check(
+                &ctx,
+                "after result",
+                outcome(a),
+                ours(&got, |v| v.len() as i64),
+            );
+            if let (Some(d), Ok(g)) = (a.get("data").and_then(Value::as_str), &got) {
+                cmp_bytes(&mut t, &ctx, "after data", &bytes(d), g);
+            }
+        }
+        if let Some(v) = wr.get("vfio_dwords") {
+            let voff = v.get("offset").and_then(num).unwrap_or(0);
+            if let Some(d) = v.get("data").and_then(Value::as_str) {
+                let want = bytes(d);
+                let got = read(&mut driver, &mut dev, CFG + voff, want.len()).unwrap_or_default();
+                cmp_bytes(&mut t, &ctx, "vfio_dwords", &want, &got);
+            }
+        }
+    }
+    // config_raw_accesses
+    for a in arr("config_raw_accesses") {
+        let label = a.get("name").and_then(Value::as_str).unwrap_or("?");
+        let ctx = format!("{name} config_raw_accesses \"{label}\"");
+        let off = a.get("offset").and_then(num).unwrap_or(0);
+        let absolute = a.get("absolute").and_then(Value::as_bool).unwrap_or(false);
+        let pos = if absolute { off } else { CFG.wrapping_add(off) };
+        let count = a.get("count").and_then(num).unwrap_or(0) as usize;
+        if label.contains("offset -1") {
+            t.exclusions.push(
+                "config_raw_accesses \"read 4 offset -1\": a negative pread offset is refused by \
+                 the VFS before vfio (no core path)"
+                    .into(),
+            );
+            continue;
+        }
+        if a.get("op").and_then(Value::as_str) == Some("read") {
+            let got = read(&mut driver, &mut dev, pos, count);
+            t.check(&ctx, "result", outcome(&a), ours(&got, |v| v.len() as i64));
+            if let (Some(d), Ok(g)) = (a.get("data").and_then(Value::as_str), &got) {
+                cmp_bytes(&mut t, &ctx, "data", &bytes(d), g);
+            }
+        } else {
+            let fill = a.get("fill").and_then(num).unwrap_or(0) as u8;
+            let phys = a.get("phys_after");
+            let poff = phys
+                .and_then(|p| p.get("offset"))
+                .and_then(num)
+                .unwrap_or(0) as usize;
+            let ptarget = phys
+                .and_then(|p| p.get("data"))
+                .and_then(Value::as_str)
+                .map(bytes)
+                .unwrap_or_default();
+            lock_from(&mut driver, poff, &ptarget);
+            let got = driver.write(&mut dev, pos, &vec![fill; count]);
+            t.check(&ctx, "result", outcome(&a), ours(&got, |n| *n as i64));
+            let now: Vec<u8> = (0..ptarget.len())
+                .map(|i| driver.access().cfg.get(poff + i).copied().unwrap_or(0))
+                .collect();
+            cmp_bytes(&mut t, &ctx, "phys_after", &ptarget, &now);
+            sync_to(&mut driver, poff, &ptarget);
+            if let Some(v) = a.get("vfio_after") {
+                let voff = v.get("offset").and_then(num).unwrap_or(0);
+                if let Some(d) = v.get("data").and_then(Value::as_str) {
+                    let mut want = bytes(d);
+                    // Bytes past the region end did not come back (`??`): read what did.
+                    let known = want.iter().position(Option::is_none).unwrap_or(want.len());
+                    want.truncate(known);
+                    let got =
+                        read(&mut driver, &mut dev, CFG + voff, want.len()).unwrap_or_default();
+                    cmp_bytes(&mut t, &ctx, "vfio_after", &want, &got);
+                }
+            }
+        }
+    }
+    // region_access
+    for r in arr("region_access") {
+        let index = r.get("index").and_then(num).unwrap_or(0);
+        let size = r.get("size").and_then(num).unwrap_or(0);
+        let Some(obj) = r.as_object() else { continue };
+        for (key, v) in obj {
+            let ctx = format!("{name} region_access[{index}] {key}");
+            let (kind, rest) = if let Some(x) = key.strip_prefix("read") {
+                ("read", x)
+            } else if let Some(x) = key.strip_prefix("write") {
+                ("write", x)
+            } else {
+                if key.starts_with("mmap") {
+                    t.exclusions.push(
+                        "region_access mmap_*: the core has no mmap path (mmap belongs to the \
+                         hosting layer); not counted"
+                            .into(),
+                    );
+                }
+                continue;
+            };
+            let Some((n, at)) = rest.split_once('@') else {
+                continue;
+            };
+            let Ok(n) = n.parse::<usize>() else { continue };
+            let at = match at {
+                "size" => size,
+                "size-4" => size.wrapping_sub(4),
+                "size-2" => size.wrapping_sub(2),
+                x => x.parse().unwrap_or(0),
+            };
+            let pos = (index << 40) + at;
+            let got = if kind == "read" {
+                read(&mut driver, &mut dev, pos, n).map(|v| v.len())
+            } else {
+                driver.write(&mut dev, pos, &vec![0u8; n])
+            };
+            t.check(&ctx, "result", outcome(v), ours(&got, |n| *n as i64));
+            if index == 6 && kind == "read" {
+                if let (Some(d), Ok(_)) = (v.get("data").and_then(Value::as_str), &got) {
+                    let _ = d;
+                    t.exclusions.push(
+                        "region_access ROM data: the ROM image bytes are not in the file; only \
+                         results are compared"
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+    t.exclusions.push(
+        "set_irqs, msix_dynamic, misc_ioctls, device_feature_queries, open/close snapshots: \
+         another issue (IRQs, lifecycle); skipped, not counted"
+            .into(),
+    );
+    Ok(t)
 }
