@@ -8,10 +8,12 @@ use vfio_core::platform::Bdf;
 use vfio_core::uapi::{self, ioctl};
 use vfio_core::vfio::{Fd, FileKind};
 use vfio_core::Errno;
-use vfio_sim::{corpus, Binding, SimMachine};
+use vfio_sim::{Binding, SimMachine};
 use zerocopy::IntoBytes;
 
-use crate::sim::{check_clean, check_machine, with_registry, Cursor, GUEST_LEN, GUEST_VADDR};
+use crate::sim::{
+    check_clean, check_machine, corpus_functions, with_registry, Cursor, GUEST_LEN, GUEST_VADDR,
+};
 
 /// Largest buffer one call passes, in bytes.
 const MAX_BUFFER: usize = 512;
@@ -32,7 +34,8 @@ fn machine() -> Option<SimMachine> {
     let sim = SimMachine::new();
     let place = |bdf: &str, file: &str, group| -> Option<()> {
         let bdf = Bdf::parse(bdf)?;
-        sim.add_function(bdf, corpus::load(file).ok()?, group).ok()
+        let function = corpus_functions().iter().find(|(name, _)| name == file)?;
+        sim.add_function(bdf, function.1.clone(), group).ok()
     };
     place("0000:01:00.0", "1344-5407-micron-3400-nvme.bin", 1)?;
     place("0000:02:00.0", "10de-0a65-gt218-geforce210.bin", 2)?;

@@ -22,48 +22,36 @@ pub fn physical_config(sim: &SimMachine) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// What a user write of `len` bytes at `offset` may change in hardware, per
-/// config byte: the permission tables (writable and not virtualized; every bit
-/// of a raw byte) plus the physical effects of the documented special
-/// handlers (spec/03-pci-config.md §5–§6). `None` when the write may reload
-/// hardware state wholesale (a PM power-state write, §6.1), so that nothing
-/// can be asserted.
-pub fn physical_write_masks(
+/// Extra (byte, bits) a write may change, and the RW1C bytes it may clear.
+pub type Allowances = (Vec<(u64, u8)>, Vec<u64>);
+
+/// What a user write of `count` bytes at `offset` may change in hardware
+/// beyond the permission tables: the physical effects of the documented special
+/// handlers (spec/03-pci-config.md §5–§6) as extra (byte, bits) allowances, and
+/// the write-1-to-clear bytes the chunk's read-modify-write may clear. `None`
+/// when the write may reload hardware state wholesale (a PM power-state write,
+/// §6.1), so that nothing can be asserted.
+pub fn special_allowances(
     vfio: &mut Registry<'_>,
     device: vfio_core::vfio::Fd,
-    len: usize,
     offset: u64,
     count: usize,
-) -> Option<(Vec<u8>, Vec<u64>)> {
+) -> Option<Allowances> {
     vfio.with_device(device, |_, state| {
         let config = state.config();
-        let mut masks: Vec<u8> = (0..len)
-            .map(|pos| {
-                let pos = u16::try_from(pos).unwrap_or(u16::MAX);
-                match config.byte_permission(pos) {
-                    Some(BytePermission { raw: true, .. }) => 0xff,
-                    Some(p) => p.write & !p.virt,
-                    None => 0,
-                }
-            })
-            .collect();
         let first = offset;
         let last = offset + count.max(1) as u64 - 1;
         let touches = |lo: u64, hi: u64| first <= hi && last >= lo;
+        let mut extra: Vec<(u64, u8)> = Vec::new();
         let mut rw1c: Vec<u64> = Vec::new();
         if touches(0x04, 0x07) {
             rw1c.extend(0x06..=0x07);
         }
-        let mut allow = |pos: u64, bits: u8| {
-            if let Some(m) = usize::try_from(pos).ok().and_then(|p| masks.get_mut(p)) {
-                *m |= bits;
-            }
-        };
-        // §5.2 step 4 / §6.7: DisINTx follows the virtual bit (INTx mask/unmask).
         // The user's write is split into naturally aligned chunks; every
         // handler below keys on a chunk, so "the write touches" is the test.
+        // §5.2 step 4 / §6.7: DisINTx follows the virtual bit (INTx mask/unmask).
         if touches(0x04, 0x05) {
-            allow(0x05, 0x04);
+            extra.push((0x05, 0x04));
         }
         for cap in config.capabilities() {
             // Write-1-to-clear status registers: the default write read-modify-writes
@@ -81,17 +69,32 @@ pub fn physical_write_masks(
                 // §6.1: a power-state write may save/restore the whole function.
                 0x01 if touches(c + 4, c + 4) => return Ok(None),
                 // §6.6: the VPD handshake drives the device's VPD registers.
-                0x03 if touches(c + 3, c + 3) => (2..8).for_each(|k| allow(c + k, 0xff)),
+                0x03 if touches(c + 3, c + 3) => extra.extend((2..8).map(|k| (c + k, 0xff))),
                 // §6.4: Message Control (Enable, MME) is written to hardware.
-                0x05 if touches(c, c + 2) => allow(c + 2, 0x71),
+                0x05 if touches(c, c + 2) => extra.push((c + 2, 0x71)),
                 // §6.5: MaxReadReq is set through the platform.
-                0x10 if touches(c + 8, c + 9) => allow(c + 9, 0x70),
+                0x10 if touches(c + 8, c + 9) => extra.push((c + 9, 0x70)),
                 _ => {}
             }
         }
-        Ok(Some((masks, rw1c)))
+        Ok(Some((extra, rw1c)))
     })
     .unwrap_or(None)
+}
+
+/// Bits of config byte `pos` the permission tables let the user change in
+/// hardware: writable and not virtualized ([`BytePermission`]); every bit of a
+/// raw byte; nothing past the config size.
+pub fn table_mask(vfio: &mut Registry<'_>, device: vfio_core::vfio::Fd, pos: usize) -> u8 {
+    vfio.with_device(device, |_, state| {
+        let pos = u16::try_from(pos).unwrap_or(u16::MAX);
+        Ok(match state.config().byte_permission(pos) {
+            Some(BytePermission { raw: true, .. }) => 0xff,
+            Some(p) => p.write & !p.virt,
+            None => 0,
+        })
+    })
+    .unwrap_or(0)
 }
 
 /// Write-1-to-clear status registers of capability `cap` (inclusive byte
@@ -126,7 +129,7 @@ fn rw1c_registers(cap: &vfio_core::pci::CapEntry) -> Vec<(u64, u64)> {
 
 /// Writes `data` at config `offset` through the device file and checks that no
 /// physical bit outside the permission tables (and the documented special
-/// handlers, see [`physical_write_masks`]) changed. BAR registers may only
+/// handlers, see [`special_allowances`]) changed. BAR registers may only
 /// return to their value at open (§5.3 BAR restore): `baseline` is the
 /// physical config right after the device was opened.
 ///
@@ -144,20 +147,29 @@ pub fn checked_write(
     data: &[u8],
 ) {
     let before = physical_config(sim);
-    let masks = physical_write_masks(vfio, device, before.len(), offset, data.len());
+    let allowances = special_allowances(vfio, device, offset, data.len());
     let resets = sim.reset_count(primary_bdf());
     let _ = vfio.device_write(device, CONFIG_REGION + offset, data);
     let after = physical_config(sim);
-    let Some((masks, rw1c)) = masks else {
+    let Some((extra, rw1c)) = allowances else {
         return;
     };
-    if sim.reset_count(primary_bdf()) != resets {
+    if sim.reset_count(primary_bdf()) != resets || before == after {
         return;
     }
-    for (pos, ((&b, &a), &mask)) in before.iter().zip(&after).zip(&masks).enumerate() {
+    for (pos, (&b, &a)) in before.iter().zip(&after).enumerate() {
+        if a == b {
+            continue;
+        }
         let bar = (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos);
         if bar && baseline.get(pos) == Some(&a) {
             continue;
+        }
+        let mut mask = table_mask(vfio, device, pos);
+        for &(at, bits) in &extra {
+            if at == pos as u64 {
+                mask |= bits;
+            }
         }
         let mut changed = (a ^ b) & !mask;
         if rw1c.contains(&(pos as u64)) {
