@@ -98,7 +98,7 @@ pub fn abi_sequence(data: &[u8]) {
     with_registry(&sim, |vfio, registered| {
         let mut open: Vec<Fd> = Vec::new();
         let mut stale: Vec<Fd> = Vec::new();
-        let mut ghost: Vec<vfio_core::type1::DmaEntry> = Vec::new();
+        let mut ghost: Vec<vfio_core::type1::Mapping> = Vec::new();
         let mut buf = [0u8; MAX_BUFFER];
         let mut steps = 0;
         while !input.is_empty() && steps < 64 {
@@ -129,7 +129,7 @@ pub fn abi_sequence(data: &[u8]) {
                     let was_open = open.contains(&fd);
                     // A container closed while groups hold it keeps its mappings.
                     if let Ok(entries) = vfio.container_mappings(fd) {
-                        ghost.extend_from_slice(entries);
+                        ghost.extend(entries);
                     }
                     let result = vfio.close(fd);
                     if was_open {
@@ -350,11 +350,10 @@ pub fn abi_sequence(data: &[u8]) {
 }
 
 /// Every DMA entry of every open container.
-fn all_entries(vfio: &crate::sim::Registry<'_>, open: &[Fd]) -> Vec<vfio_core::type1::DmaEntry> {
+fn all_entries(vfio: &crate::sim::Registry<'_>, open: &[Fd]) -> Vec<vfio_core::type1::Mapping> {
     open.iter()
         .filter_map(|&fd| vfio.container_mappings(fd).ok())
         .flatten()
-        .copied()
         .collect()
 }
 

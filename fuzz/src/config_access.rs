@@ -253,7 +253,7 @@ pub fn run_image(function: vfio_sim::SimFunction, input: &mut Cursor<'_>) {
             }
             let entries = vfio
                 .container_mappings(handles.container)
-                .map(<[_]>::to_vec)
+                .map(Iterator::collect::<Vec<_>>)
                 .unwrap_or_default();
             check_machine(&sim, &entries);
         }

@@ -187,7 +187,7 @@ pub fn hostile_device(data: &[u8]) {
         let _ = vfio.ioctl(device, ioctl::DEVICE_RESET, Arg::None);
         let entries = vfio
             .container_mappings(handles.container)
-            .map(<[_]>::to_vec)
+            .map(Iterator::collect::<Vec<_>>)
             .unwrap_or_default();
         check_machine(&sim, &entries);
         for fd in [handles.device, handles.group, handles.container] {

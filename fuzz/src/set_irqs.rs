@@ -164,7 +164,7 @@ pub fn set_irqs(data: &[u8]) {
             }
             let entries = vfio
                 .container_mappings(handles.container)
-                .map(<[_]>::to_vec)
+                .map(Iterator::collect::<Vec<_>>)
                 .unwrap_or_default();
             check_machine(&sim, &entries);
         }

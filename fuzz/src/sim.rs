@@ -269,7 +269,7 @@ pub fn assign(
 ///
 /// # Panics
 /// When an invariant does not hold.
-pub fn check_machine(sim: &SimMachine, entries: &[DmaEntry]) {
+pub fn check_machine(sim: &SimMachine, entries: &[vfio_core::type1::Mapping]) {
     let violations = sim.violations();
     assert!(
         violations.is_empty(),

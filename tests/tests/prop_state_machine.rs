@@ -499,7 +499,7 @@ fn run(ops: &[Op], path: Path) -> (Vec<Result<i64, Errno>>, String) {
                 "{:?} {:?} {:?} {:?}\n",
                 vfio.file_kind(fd),
                 vfio.group_status(fd),
-                vfio.container_mappings(fd).map(<[_]>::to_vec),
+                vfio.container_mappings(fd).map(Iterator::collect::<Vec<_>>),
                 vfio.type1(fd).map(|t| t.is_some()),
             );
         }

@@ -42,7 +42,7 @@ pub fn snapshot(sim: &SimMachine, vfio: &Registry<'_>, handles: &[Fd]) -> String
             "fd {fd:?}: {:?} {:?} {:?} {:?} {:?}\n",
             vfio.file_kind(fd),
             vfio.group_status(fd),
-            vfio.container_mappings(fd).map(<[_]>::to_vec),
+            vfio.container_mappings(fd).map(Iterator::collect::<Vec<_>>),
             vfio.type1(fd)
                 .map(|t| t.map(|t| (t.is_v2(), t.domain_count()))),
             vfio.check_extension(fd, 4),

@@ -924,6 +924,22 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         }
     }
 
+    /// Before MSI-X is enabled, the table the device reports must lie inside an
+    /// implemented memory BAR: a Table BIR naming a missing, zero-size or I/O BAR, or a
+    /// table running past the BAR's end, is refused with `ENOMEM` (Linux fails to map
+    /// such a table with the same errno; ACRN #2624 and Jailhouse #8 came from trusting
+    /// it). Nothing is allocated or written.
+    fn check_msix_table(&mut self, state: &PciDevice<E::Event, T>) -> Result<()> {
+        let info = state.config.msix().ok_or(Errno::EINVAL)?;
+        let bar = BarIndex::new(info.bar).ok_or(Errno::ENOMEM)?;
+        let r = perr(self.access.bar_resource(state.bdf, bar))?;
+        let end = u64::from(info.table_offset) + u64::from(info.table_bytes);
+        if r.size == 0 || r.kind == BarKind::Io || end > r.size {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
     fn set_msi(
         &mut self,
         state: &mut PciDevice<E::Event, T>,
@@ -955,6 +971,9 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
                 return Err(Errno::ERANGE);
             }
             let nvec = u16::try_from(nvec).map_err(|_| Errno::EINVAL)?;
+            if msix {
+                self.check_msix_table(state)?;
+            }
             let granted = perr(self.access.irq_vectors_alloc(state.bdf, kind, nvec))?;
             if granted < nvec {
                 self.access.irq_vectors_free(state.bdf);

@@ -937,6 +937,8 @@ fn bad_eventfd_fails_and_rolls_back_the_block() {
 fn all_2048_msix_vectors_are_tracked() {
     let mut m = MockPci::standard();
     m.put16(0xB2, 0x07FF);
+    // A 2048-entry table (32 KiB at BAR0 + 0x2000) needs a 64 KiB BAR0.
+    m.bars[0].size = 0x10000;
     let (mut d, mut s) = open(m);
     assert_eq!(d.irq_info(&mut s, 2).unwrap().count, 2048);
     assert_eq!(
@@ -1076,4 +1078,25 @@ fn probe_refuses_bridges_and_absent_functions() {
     assert!(d.probe(bdf()).is_ok(), "multi-function type-0 is fine");
     d.access_mut().cfg[0..2].copy_from_slice(&[0xFF, 0xFF]);
     assert_eq!(d.probe(bdf()).map(|_| ()), Err(Errno::ENODEV));
+}
+
+#[test]
+fn msix_table_outside_its_bar_is_refused_with_enomem() {
+    let mut m = MockPci::standard();
+    // 2048 entries at BAR0 + 0x2000 run past the mock's BAR0.
+    m.put16(0xB2, 0x07FF);
+    let (mut d, mut s) = open(m);
+    assert_eq!(
+        d.set_irqs(&mut s, &req(EVENTFD_TRIGGER, 2, 0, 1), &fds(&[1])),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(s.irq_type(), IrqType::None);
+    // Table BIR naming BAR5, which the mock does not implement.
+    let mut m = MockPci::standard();
+    m.put32(0xB4, 0x2000 | 5);
+    let (mut d, mut s) = open(m);
+    assert_eq!(
+        d.set_irqs(&mut s, &req(EVENTFD_TRIGGER, 2, 0, 1), &fds(&[1])),
+        Err(Errno::ENOMEM)
+    );
 }
