@@ -394,7 +394,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             ioctl::DEVICE_RESET => {
                 self.with_device(fd, |driver, state| driver.reset(state).map(|()| 0))
             }
-            _ => self.with_device(fd, |driver, state| driver.ioctl(state, request, buf)),
+            _ => self.device_ioctl_with_fds(fd, request, buf),
         }
     }
 
