@@ -319,7 +319,7 @@ fn device_ioctls_see_the_callers_group_files_for_ownership_proof() {
     vfio.register_device("0000:01:00.0", 1, 0).unwrap();
     let (c, g) = attach(&mut vfio, 1);
     let d = vfio.group_get_device_fd(g, b"0000:01:00.0\0").unwrap();
-    let mut ask = |vfio: &mut Vfio<'_, MockIommu, MockMemory, MockDriver>, fd: i32| {
+    let ask = |vfio: &mut Vfio<'_, MockIommu, MockMemory, MockDriver>, fd: i32| {
         let mut arg = fd.to_le_bytes();
         vfio.ioctl(d, 0x3b71, Arg::Buffer(&mut arg))
     };
