@@ -220,6 +220,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
             set_disintx(&mut self.access, bdf, true);
         }
         state.open = false;
+        self.access.user_open(bdf, false);
         if state.needs_reset {
             self.release_bus_reset(state);
         }
