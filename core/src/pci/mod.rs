@@ -994,6 +994,13 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         if active != this && active != IrqType::None {
             return Err(Errno::EINVAL);
         }
+        // 6.1 kept a fixed array of the vectors allocated at enable: every operation on
+        // an enabled index must stay inside it (oracle/DIFFERENCES A1: partial disable and
+        // triggers past it were EINVAL).
+        let end = u64::from(req.start) + u64::from(req.count);
+        if active == this && self.era == Era::Linux6_1 && end > u64::from(state.irq.allocated) {
+            return Err(Errno::EINVAL);
+        }
         if dt == irq_set_flags::DATA_EVENTFD {
             if active == this {
                 self.set_block(state, req, data, msix)?;
