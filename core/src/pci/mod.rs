@@ -185,6 +185,14 @@ impl<Ev: Copy, T: Borrow<IrqTable>> PciDevice<Ev, T> {
         self.table().intx_masked()
     }
 
+    /// The INTx unmask eventfd registered with `SET_IRQS(INTx, UNMASK|EVENTFD)` (spec/04
+    /// §5.1), if any. The host watches it: whenever the user signals it, the host calls
+    /// [`PciDriver::intx_unmask`] (the kernel's virqfd), which re-signals the trigger
+    /// when the device still asserts INTx.
+    pub fn intx_unmask_event(&self) -> Option<Ev> {
+        self.irq.intx_unmask
+    }
+
     fn memory_enabled(&self) -> bool {
         (self.config.vcommand() & CMD_MEMORY != 0 || self.config.no_command_memory())
             && self.config.power_state < 3
