@@ -171,8 +171,9 @@ pub struct DmaEntry {
     iova: u64,
     size: u64,
     vaddr: u64,
-    left: u32,
-    right: u32,
+    /// Children: `[left, right]` (indexable by the direction of a descent, so the hot
+    /// loops choose a child without a branch).
+    link: [u32; 2],
 }
 
 impl DmaEntry {
@@ -181,8 +182,7 @@ impl DmaEntry {
         iova: 0,
         size: 0,
         vaddr: 0,
-        left: NIL,
-        right: NIL,
+        link: [NIL, NIL],
     };
 
     /// Bytes of storage per mapping (`size_of::<DmaEntry>()`): 32.
@@ -291,10 +291,30 @@ pub struct DmaMap<'s> {
 }
 
 /// Path stack of a descent: node indexes and the direction taken (false = left).
+#[derive(Debug, Clone)]
 struct Path {
     nodes: [u32; MAX_DEPTH],
     right: [bool; MAX_DEPTH],
     depth: usize,
+    /// The descent was deeper than `MAX_DEPTH` (impossible for a valid AVL tree).
+    overflow: bool,
+}
+
+/// Where an entry would be inserted: the descent of [`DmaMap::vacancy`], replayed by
+/// [`DmaMap::insert_at`] without searching again.
+#[derive(Debug, Clone)]
+pub(crate) struct Vacancy {
+    path: Path,
+    /// The map's root and length when the descent was made (a changed map is searched
+    /// again).
+    root: u32,
+    len: usize,
+}
+
+/// Last byte covered by a stored node (entries never wrap past 2^64 − 1).
+#[inline(always)]
+fn node_last(node: &DmaEntry) -> u64 {
+    (node.iova & !LOW).saturating_add((node.size & !LOW).saturating_sub(1))
 }
 
 impl Path {
@@ -303,6 +323,7 @@ impl Path {
             nodes: [NIL; MAX_DEPTH],
             right: [false; MAX_DEPTH],
             depth: 0,
+            overflow: false,
         }
     }
 
@@ -360,22 +381,22 @@ impl<'s> DmaMap<'s> {
     }
 
     fn left(&self, i: u32) -> u32 {
-        self.node(i).map_or(NIL, |n| n.left)
+        self.node(i).map_or(NIL, |n| n.link[0])
     }
 
     fn right(&self, i: u32) -> u32 {
-        self.node(i).map_or(NIL, |n| n.right)
+        self.node(i).map_or(NIL, |n| n.link[1])
     }
 
     fn set_left(&mut self, i: u32, to: u32) {
         if let Some(n) = self.nodes.get_mut(i as usize) {
-            n.left = to;
+            n.link[0] = to;
         }
     }
 
     fn set_right(&mut self, i: u32, to: u32) {
         if let Some(n) = self.nodes.get_mut(i as usize) {
-            n.right = to;
+            n.link[1] = to;
         }
     }
 
@@ -427,40 +448,34 @@ impl<'s> DmaMap<'s> {
 
     /// The entry with the lowest IOVA overlapping `range`, if any. O(log n).
     pub fn first_overlapping(&self, range: IovaRange) -> Option<EntryId> {
+        // Branch-free descent to a leaf: the answer is the node with the lowest last byte
+        // at or above `range.first` (entries are disjoint, so also the lowest IOVA).
         let mut cur = self.root;
         let mut best = NIL;
         let mut best_key = 0;
         while let Some(node) = self.nodes.get(cur as usize) {
             let key = node.iova & !LOW;
-            let last = key.saturating_add((node.size & !LOW).saturating_sub(1));
-            if last < range.first {
-                cur = node.right;
-            } else {
-                best = cur;
-                best_key = key;
-                if key <= range.first {
-                    break;
-                }
-                cur = node.left;
-            }
+            let last = node_last(node);
+            let below = last < range.first;
+            best = if below { best } else { cur };
+            best_key = if below { best_key } else { key };
+            cur = node.link[usize::from(below)];
         }
         (best != NIL && best_key <= range.last).then_some(EntryId(best))
     }
 
     /// The entry containing `iova`, if any. O(log n).
     pub fn find(&self, iova: u64) -> Option<EntryId> {
+        // Branch-free descent to a leaf keeping the node with the highest IOVA ≤ `iova`.
         let mut cur = self.root;
+        let mut best = NIL;
         while let Some(node) = self.nodes.get(cur as usize) {
-            let key = node.iova & !LOW;
-            if iova < key {
-                cur = node.left;
-            } else if iova - key >= (node.size & !LOW) {
-                cur = node.right;
-            } else {
-                return Some(EntryId(cur));
-            }
+            let above = iova >= node.iova & !LOW;
+            best = if above { cur } else { best };
+            cur = node.link[usize::from(above)];
         }
-        None
+        let node = self.nodes.get(best as usize)?;
+        (iova - (node.iova & !LOW) < node.size & !LOW).then_some(EntryId(best))
     }
 
     /// The entry following `id` in IOVA order. O(log n).
@@ -490,7 +505,7 @@ impl<'s> DmaMap<'s> {
     fn release(&mut self, i: u32) {
         if let Some(n) = self.nodes.get_mut(i as usize) {
             *n = DmaEntry {
-                left: self.free,
+                link: [self.free, NIL],
                 ..DmaEntry::EMPTY
             };
             self.free = i;
@@ -597,23 +612,48 @@ impl<'s> DmaMap<'s> {
             return Err(Errno::EINVAL);
         }
         let range = IovaRange::new(entry.iova, entry.size).map_err(|_| Errno::EINVAL)?;
-        let (iova, size, vaddr) = pack(&entry, 1, self.shift)?;
+        pack(&entry, 1, self.shift)?;
+        let vacancy = self.vacancy(range).ok_or(Errno::EEXIST)?;
+        self.insert_at(vacancy, &entry)
+    }
+
+    /// The place where an entry covering `range` would be inserted, or `None` when an
+    /// entry overlaps `range`. One descent, O(log n); the result is valid for
+    /// [`DmaMap::insert_at`] until the map is next modified structurally.
+    pub(crate) fn vacancy(&self, range: IovaRange) -> Option<Vacancy> {
         let mut path = Path::new();
         let mut cur = self.root;
-        while cur != NIL {
-            let go_right = if range.last < self.key(cur) {
-                false
-            } else if range.first > self.last(cur) {
-                true
-            } else {
-                return Err(Errno::EEXIST);
-            };
-            path.push(cur, go_right)?;
-            cur = if go_right {
-                self.right(cur)
-            } else {
-                self.left(cur)
-            };
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let go_right = range.first > node_last(node);
+            if !go_right && range.last >= node.iova & !LOW {
+                return None;
+            }
+            if path.push(cur, go_right).is_err() {
+                path.overflow = true;
+                break;
+            }
+            cur = node.link[usize::from(go_right)];
+        }
+        Some(Vacancy {
+            path,
+            root: self.root,
+            len: self.len,
+        })
+    }
+
+    /// Inserts `entry` at `vacancy` (from [`DmaMap::vacancy`] with the entry's range, the
+    /// map unchanged since; otherwise this falls back to a fresh descent). O(log n).
+    ///
+    /// # Errors
+    /// As [`DmaMap::insert`].
+    pub(crate) fn insert_at(&mut self, vacancy: Vacancy, entry: &Mapping) -> Result<EntryId> {
+        let (iova, size, vaddr) = pack(entry, 1, self.shift)?;
+        if vacancy.root != self.root || vacancy.len != self.len {
+            return self.insert(*entry);
+        }
+        let path = vacancy.path;
+        if path.overflow {
+            return Err(Errno::ENOMEM);
         }
         let n = self.alloc()?;
         if let Some(slot) = self.nodes.get_mut(n as usize) {
@@ -621,8 +661,7 @@ impl<'s> DmaMap<'s> {
                 iova,
                 size,
                 vaddr,
-                left: NIL,
-                right: NIL,
+                link: [NIL, NIL],
             };
         }
         self.relink(&path, path.depth, n);
@@ -649,27 +688,42 @@ impl<'s> DmaMap<'s> {
         Ok(EntryId(n))
     }
 
+    /// Descends to the node starting at exactly `iova`, recording the path to it.
+    fn descend_exact(&self, iova: u64, path: &mut Path) -> Option<u32> {
+        let mut cur = self.root;
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let k = node.iova & !LOW;
+            if iova == k {
+                return Some(cur);
+            }
+            let go_right = iova > k;
+            path.push(cur, go_right).ok()?;
+            cur = node.link[usize::from(go_right)];
+        }
+        None
+    }
+
     /// Removes the entry starting at exactly `iova` and returns it. O(log n). Every
     /// [`EntryId`] obtained before is invalidated.
     pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
         let mut path = Path::new();
-        let mut cur = self.root;
-        while cur != NIL {
-            let k = self.key(cur);
-            if iova == k {
-                break;
-            }
-            let go_right = iova > k;
-            path.push(cur, go_right).ok()?;
-            cur = if go_right {
-                self.right(cur)
-            } else {
-                self.left(cur)
-            };
-        }
-        if cur == NIL {
+        let cur = self.descend_exact(iova, &mut path)?;
+        self.remove_at(path, cur)
+    }
+
+    /// Removes and returns the entry covering exactly `range` (same first and last byte),
+    /// if there is one; otherwise leaves the map unchanged. One descent, O(log n).
+    pub fn remove_exact(&mut self, range: IovaRange) -> Option<Mapping> {
+        let mut path = Path::new();
+        let cur = self.descend_exact(range.first, &mut path)?;
+        if self.last(cur) != range.last {
             return None;
         }
+        self.remove_at(path, cur)
+    }
+
+    /// Removes node `cur`, reached by `path`.
+    fn remove_at(&mut self, mut path: Path, cur: u32) -> Option<Mapping> {
         let removed = unpack(self.node(cur)?, self.shift);
         let target_level = path.depth;
         let (l, r) = (self.left(cur), self.right(cur));
@@ -877,7 +931,7 @@ impl<'a> Iter<'a> {
             };
             *slot = n;
             self.depth += 1;
-            n = node.left;
+            n = node.link[0];
         }
     }
 
@@ -890,7 +944,7 @@ impl<'a> Iter<'a> {
             self.depth = 0;
             return None;
         }
-        self.push_left(node.right);
+        self.push_left(node.link[1]);
         Some((n, node))
     }
 
