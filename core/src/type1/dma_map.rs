@@ -311,10 +311,22 @@ pub(crate) struct Vacancy {
     len: usize,
 }
 
-/// Last byte covered by a stored node (entries never wrap past 2^64 − 1).
+impl Vacancy {
+    /// An empty record, to be filled by [`DmaMap::vacancy`].
+    pub(crate) const fn new() -> Vacancy {
+        Vacancy {
+            path: Path::new(),
+            root: NIL,
+            len: 0,
+        }
+    }
+}
+
+/// Last byte covered by a stored node. Stored entries have a size ≥ 4 KiB and never wrap
+/// past 2^64 − 1 (`insert` checks), so plain wrapping arithmetic is exact.
 #[inline(always)]
 fn node_last(node: &DmaEntry) -> u64 {
-    (node.iova & !LOW).saturating_add((node.size & !LOW).saturating_sub(1))
+    (node.iova & !LOW).wrapping_add((node.size & !LOW).wrapping_sub(1))
 }
 
 impl Path {
@@ -613,32 +625,42 @@ impl<'s> DmaMap<'s> {
         }
         let range = IovaRange::new(entry.iova, entry.size).map_err(|_| Errno::EINVAL)?;
         pack(&entry, 1, self.shift)?;
-        let vacancy = self.vacancy(range).ok_or(Errno::EEXIST)?;
-        self.insert_at(vacancy, &entry)
+        let mut vacancy = Vacancy::new();
+        if !self.vacancy(range, &mut vacancy) {
+            return Err(Errno::EEXIST);
+        }
+        self.insert_at(&vacancy, &entry)
     }
 
-    /// The place where an entry covering `range` would be inserted, or `None` when an
-    /// entry overlaps `range`. One descent, O(log n); the result is valid for
-    /// [`DmaMap::insert_at`] until the map is next modified structurally.
-    pub(crate) fn vacancy(&self, range: IovaRange) -> Option<Vacancy> {
-        let mut path = Path::new();
+    /// Finds the place where an entry covering `range` would be inserted and records it
+    /// in `out`; `false` when an entry overlaps `range`. One descent, O(log n); `out` is
+    /// valid for [`DmaMap::insert_at`] until the map is next modified structurally.
+    pub(crate) fn vacancy(&self, range: IovaRange, out: &mut Vacancy) -> bool {
+        out.root = self.root;
+        out.len = self.len;
+        let path = &mut out.path;
+        path.overflow = false;
+        let mut depth = 0;
         let mut cur = self.root;
         while let Some(node) = self.nodes.get(cur as usize) {
             let go_right = range.first > node_last(node);
-            if !go_right && range.last >= node.iova & !LOW {
-                return None;
+            // Non-short-circuit `&`: one rarely taken branch instead of a direction-
+            // dependent one.
+            if !go_right & (range.last >= node.iova & !LOW) {
+                path.depth = depth;
+                return false;
             }
-            if path.push(cur, go_right).is_err() {
+            let (Some(n), Some(r)) = (path.nodes.get_mut(depth), path.right.get_mut(depth)) else {
                 path.overflow = true;
                 break;
-            }
+            };
+            *n = cur;
+            *r = go_right;
+            depth += 1;
             cur = node.link[usize::from(go_right)];
         }
-        Some(Vacancy {
-            path,
-            root: self.root,
-            len: self.len,
-        })
+        path.depth = depth;
+        true
     }
 
     /// Inserts `entry` at `vacancy` (from [`DmaMap::vacancy`] with the entry's range, the
@@ -646,12 +668,12 @@ impl<'s> DmaMap<'s> {
     ///
     /// # Errors
     /// As [`DmaMap::insert`].
-    pub(crate) fn insert_at(&mut self, vacancy: Vacancy, entry: &Mapping) -> Result<EntryId> {
+    pub(crate) fn insert_at(&mut self, vacancy: &Vacancy, entry: &Mapping) -> Result<EntryId> {
         let (iova, size, vaddr) = pack(entry, 1, self.shift)?;
         if vacancy.root != self.root || vacancy.len != self.len {
             return self.insert(*entry);
         }
-        let path = vacancy.path;
+        let path = &vacancy.path;
         if path.overflow {
             return Err(Errno::ENOMEM);
         }
@@ -664,7 +686,7 @@ impl<'s> DmaMap<'s> {
                 link: [NIL, NIL],
             };
         }
-        self.relink(&path, path.depth, n);
+        self.relink(path, path.depth, n);
         self.len += 1;
         // Retrace: heights grow until a node becomes balanced or is rebalanced.
         let mut level = path.depth;
@@ -682,7 +704,7 @@ impl<'s> DmaMap<'s> {
                 continue;
             }
             let (sub, _) = self.rebalance(p, b > 0);
-            self.relink(&path, level, sub);
+            self.relink(path, level, sub);
             break;
         }
         Ok(EntryId(n))
@@ -691,13 +713,17 @@ impl<'s> DmaMap<'s> {
     /// Descends to the node starting at exactly `iova`, recording the path to it.
     fn descend_exact(&self, iova: u64, path: &mut Path) -> Option<u32> {
         let mut cur = self.root;
+        let mut depth = 0;
         while let Some(node) = self.nodes.get(cur as usize) {
             let k = node.iova & !LOW;
             if iova == k {
+                path.depth = depth;
                 return Some(cur);
             }
             let go_right = iova > k;
-            path.push(cur, go_right).ok()?;
+            *path.nodes.get_mut(depth)? = cur;
+            *path.right.get_mut(depth)? = go_right;
+            depth += 1;
             cur = node.link[usize::from(go_right)];
         }
         None
@@ -708,7 +734,7 @@ impl<'s> DmaMap<'s> {
     pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
         let mut path = Path::new();
         let cur = self.descend_exact(iova, &mut path)?;
-        self.remove_at(path, cur)
+        self.remove_at(&mut path, cur)
     }
 
     /// Removes and returns the entry covering exactly `range` (same first and last byte),
@@ -719,11 +745,11 @@ impl<'s> DmaMap<'s> {
         if self.last(cur) != range.last {
             return None;
         }
-        self.remove_at(path, cur)
+        self.remove_at(&mut path, cur)
     }
 
     /// Removes node `cur`, reached by `path`.
-    fn remove_at(&mut self, mut path: Path, cur: u32) -> Option<Mapping> {
+    fn remove_at(&mut self, path: &mut Path, cur: u32) -> Option<Mapping> {
         let removed = unpack(self.node(cur)?, self.shift);
         let target_level = path.depth;
         let (l, r) = (self.left(cur), self.right(cur));
@@ -738,7 +764,7 @@ impl<'s> DmaMap<'s> {
             }
             let s_right = self.right(s);
             // Unlink s from its place (its parent is the last path node).
-            self.relink(&path, path.depth, s_right);
+            self.relink(path, path.depth, s_right);
             // s takes cur's place: links, balance, and position in the path.
             let (l, r, b) = (self.left(cur), self.right(cur), self.bal(cur));
             self.set_left(s, l);
@@ -747,10 +773,10 @@ impl<'s> DmaMap<'s> {
             if let Some(slot) = path.nodes.get_mut(target_level) {
                 *slot = s;
             }
-            self.relink(&path, target_level, s);
+            self.relink(path, target_level, s);
         } else {
             let child = if l != NIL { l } else { r };
-            self.relink(&path, target_level, child);
+            self.relink(path, target_level, child);
         }
         self.release(cur);
         self.len -= 1;
@@ -770,7 +796,7 @@ impl<'s> DmaMap<'s> {
                 continue; // height shrank
             }
             let (sub, same_height) = self.rebalance(p, b > 0);
-            self.relink(&path, level, sub);
+            self.relink(path, level, sub);
             if same_height {
                 break;
             }

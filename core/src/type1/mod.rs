@@ -665,7 +665,10 @@ impl Type1 {
         }
         // One descent finds both the overlap (EEXIST) and the insertion point, which
         // stays valid below: nothing until `insert_at` changes the map.
-        let vacancy = map.vacancy(range).ok_or(Errno::EEXIST)?;
+        let mut vacancy = dma_map::Vacancy::new();
+        if !map.vacancy(range, &mut vacancy) {
+            return Err(Errno::EEXIST);
+        }
         if self.dma_avail == 0 {
             return Err(Errno::ENOSPC);
         }
@@ -693,7 +696,7 @@ impl Type1 {
             entry.locked_pages = pin_and_map(iommu, memory, ids, &entry, page)?;
             entry.iommu_mapped = true;
         }
-        if let Err(e) = map.insert_at(vacancy, &entry) {
+        if let Err(e) = map.insert_at(&vacancy, &entry) {
             if entry.iommu_mapped {
                 let ids = self.domain_ids();
                 unmap_and_unpin(iommu, memory, ids, entry.iova, entry.size, page);
