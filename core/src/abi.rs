@@ -377,7 +377,11 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                         0
                     };
                     let size = validate_irq_set(&header, num, device.num_irqs)?;
-                    let data = buf_ro.get(20..20 + size).ok_or(Errno::EFAULT)?;
+                    // The payload follows the header; a buffer that ends first is the
+                    // kernel's failed copy_from_user (EFAULT). `20 + size` cannot wrap on
+                    // 64-bit hosts, but is checked for 32-bit ones.
+                    let end = size.checked_add(20).ok_or(Errno::EFAULT)?;
+                    let data = buf_ro.get(20..end).ok_or(Errno::EFAULT)?;
                     let request = IrqSetRequest {
                         flags: header.flags,
                         index: header.index,
@@ -390,7 +394,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             ioctl::DEVICE_RESET => {
                 self.with_device(fd, |driver, state| driver.reset(state).map(|()| 0))
             }
-            _ => self.with_device(fd, |driver, state| driver.ioctl(state, request, buf)),
+            _ => self.device_ioctl_with_fds(fd, request, buf),
         }
     }
 

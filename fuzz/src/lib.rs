@@ -9,6 +9,19 @@
 //! zero-padded, and every length is bounded.
 #![deny(missing_docs)]
 
+pub mod abi_sequence;
+pub mod config_access;
+pub mod hostile_device;
+pub mod set_irqs;
+pub mod sim;
+pub mod type1_ops;
+
+pub use abi_sequence::abi_sequence;
+pub use config_access::config_access;
+pub use hostile_device::hostile_device;
+pub use set_irqs::set_irqs;
+pub use type1_ops::type1_ops;
+
 use vfio_core::errno::Errno;
 use vfio_core::uapi::{irq_set_flags, IrqSet};
 use vfio_core::vfio::{validate_irq_set, CapChain};
@@ -297,6 +310,72 @@ mod tests {
     #[test]
     fn irq_set_header_seeds() {
         assert!(replay("irq_set_header", irq_set_header) > 0);
+    }
+
+    #[test]
+    fn abi_sequence_seeds() {
+        assert!(replay("abi_sequence", abi_sequence) > 0);
+    }
+
+    #[test]
+    fn config_access_seeds() {
+        assert!(replay("config_access", config_access) > 0);
+    }
+
+    #[test]
+    fn type1_ops_seeds() {
+        assert!(replay("type1_ops", type1_ops) > 0);
+    }
+
+    #[test]
+    fn set_irqs_seeds() {
+        assert!(replay("set_irqs", set_irqs) > 0);
+    }
+
+    #[test]
+    fn hostile_device_seeds() {
+        assert!(replay("hostile_device", hostile_device) > 0);
+    }
+
+    /// Random inputs of up to `max_len` bytes through `run`.
+    fn sweep(seed: u64, runs: usize, max_len: usize, run: fn(&[u8])) {
+        let mut rng = Rng(seed);
+        for _ in 0..runs {
+            let len = (rng.next() as usize) % max_len;
+            let input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            run(&input);
+        }
+    }
+
+    #[test]
+    fn abi_sequence_sweep() {
+        sweep(0x5eed_0001, 300, 600, abi_sequence);
+    }
+
+    #[test]
+    fn config_access_sweep_every_image() {
+        // Each corpus image once, with a random access sequence.
+        let mut rng = Rng(0x5eed_0002);
+        for image in 0..sim::corpus_functions().len() {
+            let mut input = (image as u16).to_le_bytes().to_vec();
+            input.extend((0..400).map(|_| rng.next() as u8));
+            config_access(&input);
+        }
+    }
+
+    #[test]
+    fn type1_ops_sweep() {
+        sweep(0x5eed_0003, 300, 600, type1_ops);
+    }
+
+    #[test]
+    fn set_irqs_sweep() {
+        sweep(0x5eed_0004, 300, 400, set_irqs);
+    }
+
+    #[test]
+    fn hostile_device_sweep() {
+        sweep(0x5eed_0005, 300, 400, hostile_device);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! vfio session [--image FILE] [--json]
+//! vfio config [BDF] [--image FILE] [--json]
 //! ```
 
 mod abi;
+mod config_view;
 mod machine;
 mod report;
 mod session;
@@ -38,11 +40,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a function's guest-visible config space beside the physical one, with the
+    /// owner (header, capability, raw) and the permission of every byte.
+    Config {
+        /// The function to show (default: the assigned device, 0000:01:00.0).
+        #[arg(value_name = "BDF")]
+        bdf: Option<String>,
+        /// Build the simulated machine from this one config-space image (256 or 4096
+        /// bytes) instead of the built-in set of real devices.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Print one JSON document with the rows and every byte's owner and permission.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Session { image, json } => session::run(image.as_deref(), json),
+        Command::Config { bdf, image, json } => {
+            config_view::run(bdf.as_deref(), image.as_deref(), json)
+        }
     }
 }

@@ -31,6 +31,8 @@ use crate::report::Report;
 type Driver = PciDriver<SimPci, SimEvents>;
 type Registry<'s> = Vfio<'s, SimIommu, SimMemory, Driver>;
 type Outcome<T> = Result<T, String>;
+/// What a step produces: its value, JSON details and text lines.
+type StepOutput<T> = (T, Value, Vec<String>);
 
 /// Guest RAM the session maps for DMA: process address, IOVA, length.
 const GUEST_VADDR: u64 = 0x7f00_0000_0000;
@@ -862,19 +864,60 @@ impl<'a, 's> Session<'a, 's> {
         bdf: Bdf,
         counts: &[u32; 5],
     ) -> Outcome<(u64, Value, Vec<String>)> {
-        let (index, kind) = if counts[irq_index::MSIX as usize] > 0 {
-            (irq_index::MSIX, Some(MsiKind::Msix))
-        } else if counts[irq_index::MSI as usize] > 0 {
-            (irq_index::MSI, Some(MsiKind::Msi))
-        } else if counts[irq_index::INTX as usize] > 0 {
-            (irq_index::INTX, None)
+        // Prefer MSI-X, then MSI, then INTx, as a VMM does; an index whose enable the core
+        // refuses (e.g. an MSI-X table in a BAR the function does not implement) is
+        // reported and the next one is tried.
+        let candidates = [
+            (irq_index::MSIX, Some(MsiKind::Msix)),
+            (irq_index::MSI, Some(MsiKind::Msi)),
+            (irq_index::INTX, None),
+        ];
+        let mut refused = Vec::new();
+        for (index, kind) in candidates {
+            if counts[index as usize] == 0 {
+                continue;
+            }
+            match self.interrupt_index(device, dev, bdf, counts, index, kind)? {
+                Ok(mut outcome) => {
+                    for (name, e) in &refused {
+                        outcome.2.insert(
+                            0,
+                            format!("{name} enable refused with {e}; trying the next index"),
+                        );
+                    }
+                    return Ok(outcome);
+                }
+                Err(e) => refused.push((IRQ_NAMES[index as usize], e)),
+            }
+        }
+        let notes: Vec<String> = refused
+            .iter()
+            .map(|(name, e)| format!("{name} enable refused with {e}"))
+            .collect();
+        let text = if notes.is_empty() {
+            vec!["the device signals no interrupt (no pin, MSI or MSI-X)".to_string()]
         } else {
-            return Ok((
-                0,
-                json!({ "skipped": "the device has no interrupt" }),
-                vec!["the device signals no interrupt (no pin, MSI or MSI-X)".into()],
-            ));
+            notes.clone()
         };
+        Ok((
+            0,
+            json!({ "skipped": "no interrupt index could be enabled", "refused": notes }),
+            text,
+        ))
+    }
+
+    /// Wires up to [`MAX_SESSION_VECTORS`] vectors of `index` to eventfds, has the device
+    /// raise the last one, checks only its eventfd counted, triggers vector 0 by loopback
+    /// and disables the index. `Ok(Err(errno))` when the core refuses to enable the index.
+    fn interrupt_index(
+        &mut self,
+        device: Fd,
+        dev: DeviceId,
+        bdf: Bdf,
+        counts: &[u32; 5],
+        index: u32,
+        kind: Option<MsiKind>,
+    ) -> Outcome<Result<StepOutput<u64>, Errno>> {
         let n = counts[index as usize].clamp(1, MAX_SESSION_VECTORS);
         let events = self.vfio.driver_mut().events_mut().clone();
         let fds: Vec<i32> = (0..n).map(|_| events.create_event()).collect();
@@ -889,10 +932,13 @@ impl<'a, 's> Session<'a, 's> {
         for fd in &fds {
             buf.extend_from_slice(&fd.to_le_bytes());
         }
-        let ret = self
+        let ret = match self
             .vfio
             .ioctl(device, ioctl::DEVICE_SET_IRQS, Arg::Buffer(&mut buf))
-            .map_err(errno("VFIO_DEVICE_SET_IRQS (enable)"))?;
+        {
+            Ok(ret) => ret,
+            Err(e) => return Ok(Err(e)),
+        };
         if ret != 0 {
             return Err(format!("SET_IRQS granted only {ret} vectors"));
         }
@@ -973,11 +1019,11 @@ impl<'a, 's> Session<'a, 's> {
             "{name} disabled (DATA_NONE|ACTION_TRIGGER, count 0)"
         ));
         let total: u64 = fds.iter().map(|&fd| events.count(fd).unwrap_or(0)).sum();
-        Ok((
+        Ok(Ok((
             total,
             json!({ "index": name, "vectors": n, "eventfds": fds, "fired_vector": fired, "counts": signalled, "loopback": true }),
             text,
-        ))
+        )))
     }
 
     fn reset(&mut self, device: Fd, bdf: Bdf) -> Outcome<(u64, Value, Vec<String>)> {

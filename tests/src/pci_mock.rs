@@ -4,8 +4,10 @@
 //! registry's device-ioctl argument conventions: argsz checks, the capability-chain
 //! protocol and the generic `SET_IRQS` validator).
 //!
-//! Ops the core has no interface for yet (hot reset, AER and host requests, the host INTx
-//! line state) fail with an explicit "unsupported op" message.
+//! Hot reset runs through [`PciDriver::hot_reset_info`] / [`PciDriver::hot_reset`] with
+//! the case's `topology` and named group descriptors; the host INTx line is modelled
+//! (requested, enabled) and the handler runs on each rising edge of "pin driven AND line
+//! enabled AND handler registered".
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,11 +18,11 @@ use vfio_core::era::Era;
 use vfio_core::errno::ErrorType;
 use vfio_core::pci::{MsixMmapPolicy, PciDevice, PciDriver};
 use vfio_core::platform::{
-    BarIndex, BarKind, BarResource, Bdf, EventSink, FunctionFacts, IntxLine, MsiKind, PciAccess,
-    ResetMethod, Width,
+    AffectedFunction, BarIndex, BarKind, BarResource, Bdf, EventSink, FunctionFacts, IntxLine,
+    MsiKind, PciAccess, ResetMethod, Width,
 };
 use vfio_core::uapi::{irq_set_flags, IrqSet};
-use vfio_core::vfio::{validate_irq_set, BusDriver, CapChain, IrqSetRequest};
+use vfio_core::vfio::{validate_irq_set, BusDriver, CapChain, FdResolver, FdTarget, IrqSetRequest};
 use vfio_core::Errno;
 
 use crate::runner::{CaseReport, Options, Verdict};
@@ -104,6 +106,18 @@ pub struct MockPci {
     /// Hardware model of the oracle replay: the ROM cannot be mapped (`ENOMEM`) while the
     /// hardware does not decode memory (Command MEMORY clear or PMCSR in D3hot).
     pub rom_unreadable_when_off: bool,
+    /// Hot-reset scope (`None`: no slot or bus reset possible).
+    pub hot_reset_scope: Option<ResetMethod>,
+    /// Functions a bus/slot reset affects.
+    pub topology: Vec<AffectedFunction>,
+    /// Result of the next bus/slot reset (ERRATA: the platform may refuse with `ENOTTY`).
+    pub bus_reset_result: Option<Errno>,
+    /// The host INTx line was requested by the core.
+    pub intx_requested: bool,
+    /// The host INTx line is enabled.
+    pub intx_line_enabled: bool,
+    /// Highest MSI-X vector allocated + 1 (per-vector growth).
+    pub msix_allocated: u16,
 }
 
 impl ErrorType for MockPci {
@@ -137,6 +151,17 @@ impl MockPci {
             vpd: vec![0; 256],
             msi_vectors_available: u16::MAX,
             msi_enabled: None,
+            hot_reset_scope: Some(ResetMethod::Bus),
+            topology: vec![AffectedFunction {
+                bdf: MOCK_BDF,
+                group: Some(1),
+                vfio: true,
+                open: false,
+            }],
+            bus_reset_result: None,
+            intx_requested: false,
+            intx_line_enabled: false,
+            msix_allocated: 0,
             saved: None,
             vga_mem: BTreeMap::new(),
             bar_accesses: 0,
@@ -322,8 +347,54 @@ impl PciAccess for MockPci {
                 }
                 self.reset_count += 1;
             }
-            ResetMethod::Bus | ResetMethod::Slot => self.bus_reset_count += 1,
+            ResetMethod::Bus | ResetMethod::Slot => {
+                if let Some(e) = self.bus_reset_result {
+                    return Err(e);
+                }
+                self.bus_reset_count += 1
+            }
         }
+        Ok(())
+    }
+
+    fn hot_reset_scope(&mut self, _: Bdf) -> Option<ResetMethod> {
+        self.hot_reset_scope
+    }
+
+    fn hot_reset_affected(
+        &mut self,
+        _: Bdf,
+        _: ResetMethod,
+        index: usize,
+    ) -> Option<AffectedFunction> {
+        self.topology.get(index).copied()
+    }
+
+    fn intx_request(&mut self, _: Bdf, _shared: bool, masked: bool) -> Result<(), Errno> {
+        if self.facts.intx == IntxLine::Missing {
+            return Err(Errno::ENODEV);
+        }
+        self.intx_requested = true;
+        self.intx_line_enabled = !masked || self.facts.intx_masking;
+        Ok(())
+    }
+
+    fn intx_free(&mut self, _: Bdf) {
+        self.intx_requested = false;
+        self.intx_line_enabled = false;
+    }
+
+    fn intx_line_enable(&mut self, _: Bdf, enable: bool) {
+        self.intx_line_enabled = enable;
+    }
+
+    fn irq_vector_add(&mut self, _: Bdf, vector: u16, _allocated: u16) -> Result<(), Errno> {
+        let cap = self.find_cap(0x11).ok_or(Errno::EINVAL)?;
+        let size = (self.peek(usize::from(cap) + 2, 2) & 0x7FF) as u16 + 1;
+        if vector >= size || vector >= self.msi_vectors_available {
+            return Err(Errno::ENOSPC);
+        }
+        self.msix_allocated = self.msix_allocated.max(vector + 1);
         Ok(())
     }
 
@@ -465,6 +536,14 @@ impl EventSink for MockEvents {
     fn signal(&self, event: i32) {
         *self.signals.borrow_mut().entry(event).or_insert(0) += 1;
     }
+
+    fn event_token(&self, event: i32) -> Option<u32> {
+        u32::try_from(event).ok()
+    }
+
+    fn token_event(&self, token: u32) -> Option<i32> {
+        i32::try_from(token).ok()
+    }
 }
 
 // ---------------------------------------------------------------------------- parsing
@@ -602,6 +681,34 @@ pub fn build_mock(d: &toml::Table) -> R<MockPci> {
         m.vpd[..bytes.len().min(256)].copy_from_slice(&bytes[..bytes.len().min(256)]);
     }
     m.facts.has_vga = d.get("has_vga").map(as_bool).transpose()?.unwrap_or(false);
+    if let Some(t) = d.get("topology") {
+        let t = as_table(t)?;
+        m.hot_reset_scope = match t.get("reset").map(as_str).transpose()?.unwrap_or("bus") {
+            "bus" => Some(ResetMethod::Bus),
+            "slot" => Some(ResetMethod::Slot),
+            "none" => None,
+            r => return Err(format!("unknown topology reset `{r}`")),
+        };
+        m.topology.clear();
+        for dev in t
+            .get("devices")
+            .map(as_array)
+            .transpose()?
+            .into_iter()
+            .flatten()
+        {
+            let dev = as_table(dev)?;
+            let text = as_str(dev.get("bdf").ok_or("topology device without bdf")?)?;
+            let bdf = Bdf::parse(text).ok_or_else(|| format!("bad bdf `{text}`"))?;
+            let group = dev.get("group").map(as_u64).transpose()?.map(|g| g as u32);
+            m.topology.push(AffectedFunction {
+                bdf,
+                group,
+                vfio: dev.get("vfio").map(as_bool).transpose()?.unwrap_or(true),
+                open: dev.get("open").map(as_bool).transpose()?.unwrap_or(false),
+            });
+        }
+    }
     Ok(m)
 }
 
@@ -671,6 +778,26 @@ struct Harness {
     dev: PciDevice<i32>,
     names: BTreeMap<String, i32>,
     next_fd: i32,
+    groups: BTreeMap<i32, u32>,
+    intx_cond: bool,
+}
+
+/// The harness's descriptor table as the registry would describe it.
+struct HarnessFds<'a> {
+    events: &'a MockEvents,
+    groups: &'a BTreeMap<i32, u32>,
+}
+
+impl FdResolver for HarnessFds<'_> {
+    fn resolve_fd(&self, fd: i32) -> FdTarget {
+        if let Some(g) = self.groups.get(&fd) {
+            return FdTarget::Group(*g);
+        }
+        match self.events.fds.get(&fd) {
+            Some(_) => FdTarget::Other,
+            None => FdTarget::NotOpen,
+        }
+    }
 }
 
 const REGION_SHIFT: u32 = 40;
@@ -699,6 +826,8 @@ fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
         dev: PciDevice::new(MOCK_BDF),
         names: BTreeMap::new(),
         next_fd: 10,
+        groups: BTreeMap::new(),
+        intx_cond: false,
     };
     if let Some(fds) = case.get("fds") {
         for (name, spec) in as_table(fds)? {
@@ -707,7 +836,11 @@ fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
                 Some("eventfd") => MockFd::Event,
                 _ => MockFd::Other,
             };
-            h.new_fd(name, kind);
+            let fd = h.new_fd(name, kind);
+            if t.get("kind").map(as_str).transpose()? == Some("group") {
+                let g = t.get("group").map(as_u64).transpose()?.unwrap_or(0) as u32;
+                h.groups.insert(fd, g);
+            }
         }
     }
     let notevent = h.next_fd;
@@ -734,6 +867,7 @@ fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
         let t = as_table(op)?;
         h.step(t)
             .map_err(|e| format!("op #{} {}: {e}", i + 1, describe(op)))?;
+        h.pump_intx();
     }
     Ok(())
 }
@@ -940,8 +1074,23 @@ impl Harness {
                         ));
                     }
                 }
-                if t.contains_key("host_intx_line") {
-                    return Err("unsupported check `host_intx_line` (no host INTx line API)".into());
+                if let Some(l) = t.get("host_intx_line") {
+                    let want = match as_str(l)? {
+                        "enabled" => true,
+                        "disabled" => false,
+                        s => return Err(format!("unknown host_intx_line `{s}`")),
+                    };
+                    if m.intx_line_enabled != want {
+                        return Err(format!(
+                            "host_intx_line: expected {}, got {}",
+                            as_str(l)?,
+                            if m.intx_line_enabled {
+                                "enabled"
+                            } else {
+                                "disabled"
+                            }
+                        ));
+                    }
                 }
             }
             "bar_backing_read" => {
@@ -970,14 +1119,80 @@ impl Harness {
                     return Err(format!("expected [{}], got [{}]", hex(&want), hex(&got)));
                 }
             }
-            "intx_assert" => {
-                self.driver.access_mut().intx_pending = true;
-                let m = self.driver.access();
-                let cmd = m.peek(0x04, 2);
-                let driven = !m.facts.intx_masking || cmd & 0x0400 == 0;
-                if driven && self.dev.is_open() {
-                    self.driver.intx_fired(&mut self.dev);
+            "intx_assert" => self.driver.access_mut().intx_pending = true,
+            "hot_reset_info" => {
+                let argsz = u(t, "argsz")? as u32;
+                let mut buf = vec![0u8; (argsz as usize).max(12)];
+                buf[..4].copy_from_slice(&argsz.to_le_bytes());
+                let r = self.driver.hot_reset_info(&self.dev, &mut buf);
+                let got_count = u64::from(u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]));
+                let ok = check_result(t, &r)?;
+                if let Some(e) = t.get("expect") {
+                    let e = as_table(e)?;
+                    field(e, "count", got_count)?;
+                    if ok {
+                        let flags = u64::from(u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]));
+                        field(e, "flags", flags)?;
+                        for (i, d) in e
+                            .get("devices")
+                            .map(as_array)
+                            .transpose()?
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                        {
+                            let d = as_table(d)?;
+                            let at = 12 + 8 * i;
+                            let b = buf.get(at..at + 8).ok_or("entry past the buffer")?;
+                            let ctx = |e: String| format!("device {i}: {e}");
+                            field(d, "group", le(&b[0..4])).map_err(ctx)?;
+                            field(d, "segment", le(&b[4..6])).map_err(ctx)?;
+                            field(d, "bus", u64::from(b[6])).map_err(ctx)?;
+                            field(d, "devfn", u64::from(b[7])).map_err(ctx)?;
+                        }
+                    }
                 }
+            }
+            "hot_reset" => {
+                let mut fds = Vec::new();
+                for v in t
+                    .get("fds")
+                    .map(as_array)
+                    .transpose()?
+                    .into_iter()
+                    .flatten()
+                {
+                    fds.push(self.fd(v)?);
+                }
+                let count = t
+                    .get("count")
+                    .map(as_u64)
+                    .transpose()?
+                    .unwrap_or(fds.len() as u64);
+                let flags = t.get("flags").map(as_u64).transpose()?.unwrap_or(0) as u32;
+                let argsz = t
+                    .get("argsz")
+                    .map(as_u64)
+                    .transpose()?
+                    .unwrap_or(12 + 4 * count) as u32;
+                let mut buf = Vec::new();
+                buf.extend_from_slice(&argsz.to_le_bytes());
+                buf.extend_from_slice(&flags.to_le_bytes());
+                buf.extend_from_slice(&(count as u32).to_le_bytes());
+                for fd in &fds {
+                    buf.extend_from_slice(&fd.to_le_bytes());
+                }
+                // The resolver reads a snapshot of the descriptor table.
+                let events = MockEvents {
+                    fds: self.driver.events().fds.clone(),
+                    signals: self.driver.events().signals.clone(),
+                };
+                let view = HarnessFds {
+                    events: &events,
+                    groups: &self.groups,
+                };
+                let r = self.driver.hot_reset(&mut self.dev, &mut buf, &view);
+                check_result(t, &r)?;
             }
             "intx_deassert" => self.driver.access_mut().intx_pending = false,
             "msi_fire" => {
@@ -1017,6 +1232,22 @@ impl Harness {
             other => return Err(format!("unsupported op `{other}` (no core interface yet)")),
         }
         Ok(())
+    }
+
+    /// The host INTx handler runs each time "pin driven AND host line enabled AND handler
+    /// registered" becomes true (schema "Mock platform semantics").
+    fn pump_intx(&mut self) {
+        for _ in 0..4 {
+            let m = self.driver.access();
+            let driven = m.intx_pending && (!m.facts.intx_masking || m.peek(0x04, 2) & 0x0400 == 0);
+            let cond = driven && m.intx_requested && m.intx_line_enabled && self.dev.is_open();
+            let rising = cond && !self.intx_cond;
+            self.intx_cond = cond;
+            if !rising {
+                return;
+            }
+            self.driver.intx_fired(&mut self.dev);
+        }
     }
 
     fn is_unmask_fd(&self, fd: i32) -> bool {

@@ -61,14 +61,6 @@ fn handler_bits(dev: &PciDevice<i32>, pos: u16) -> u8 {
     if let Owner::Capability(i) = c.owner(pos) {
         let cap = c.capabilities()[i];
         let off = pos - cap.offset;
-        // Vendor-specific capabilities are written raw, header included (§4.5).
-        let raw_write = match cap.space {
-            CapSpace::Standard => cap.id == 0x09,
-            CapSpace::Extended => cap.id == 0x0B || cap.id == 0x23,
-        };
-        if raw_write {
-            return 0xFF;
-        }
         if cap.space == CapSpace::Standard {
             match (cap.id, off) {
                 (0x01, 4) => return 0x03,             // PowerState via the platform (§6.1)
@@ -149,8 +141,7 @@ fn corpus_config_properties() {
                     continue; // BAR restore writes the saved (identical) values
                 }
                 let p = dev.config().byte_permission(at).unwrap();
-                let allowed = if p.raw { 0xFF } else { p.write & !p.virt };
-                let allowed = allowed | handler_bits(&dev, at);
+                let allowed = p.hardware_write() | handler_bits(&dev, at);
                 assert_eq!(
                     changed & !allowed,
                     0,
@@ -163,16 +154,7 @@ fn corpus_config_properties() {
         }
         for at in 0..size {
             let p = dev.config().byte_permission(at).unwrap();
-            // A 1-byte read of a standard capability's ID byte comes from hardware
-            // (spec/03 §3.3 direct read), although wider reads take it from vconfig.
-            let id_byte = matches!(p.owner_kind, Owner::Capability(i)
-                if dev.config().capabilities()[i].offset == at && at < 0x100);
-            if p.raw
-                || p.virt != 0xFF
-                || id_byte
-                || (0x10..0x28).contains(&at)
-                || (0x30..0x34).contains(&at)
-            {
+            if p.virt != 0xFF || (0x10..0x28).contains(&at) || (0x30..0x34).contains(&at) {
                 continue;
             }
             let n = d.access().config_reads;

@@ -101,7 +101,8 @@ pub enum Owner {
     Raw,
 }
 
-/// A summary of how one config byte is handled, for tools (`vfio config`).
+/// How one config byte is handled by the access path (spec/03 §3), for tools
+/// (`vfio config`) and tests. It describes a one-byte access at that offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct BytePermission {
@@ -109,12 +110,47 @@ pub struct BytePermission {
     pub owner: &'static str,
     /// The owner.
     pub owner_kind: Owner,
-    /// Bits of this byte read from (and written to) the virtual copy.
+    /// Bits a read of this byte takes from the virtual copy (the others come from
+    /// hardware).
+    ///
+    /// One exception depends on the access width (spec/03 §3.3 direct read): the ID byte of
+    /// a standard capability without a permission table reads from hardware alone (so
+    /// `virt` is 0 here) but from the virtual copy as part of a wider read starting at the
+    /// capability. Both hold the same value unless the user raw-wrote a vendor-specific
+    /// capability's ID byte.
     pub virt: u8,
-    /// Bits of this byte the user may write (to vconfig when virtual, else to hardware).
+    /// Bits a user write changes: with `raw_write`, in hardware; otherwise in the virtual
+    /// copy for the bits of `virt` and in hardware for the others. Bits outside `write`
+    /// are dropped. (Handlers may act beyond this: spec/03 §5–§6.)
     pub write: u8,
-    /// Reads and writes go straight to hardware.
+    /// Reads and writes go straight to hardware (spec/03 §3.4): `virt == 0`,
+    /// `write == 0xFF`, `raw_write`.
     pub raw: bool,
+    /// Writes go straight to hardware, unfiltered: raw bytes, and vendor-specific
+    /// capabilities (standard 0x09, VSEC, DVSEC: spec/03 §4.5), whose ID / next / header
+    /// bytes nevertheless read from the virtual copy.
+    pub raw_write: bool,
+}
+
+impl BytePermission {
+    /// Bits of this byte a user write can change in hardware through the permission
+    /// tables (excluding the handlers' own effects, spec/03 §5–§6).
+    pub const fn hardware_write(&self) -> u8 {
+        if self.raw_write {
+            self.write
+        } else {
+            self.write & !self.virt
+        }
+    }
+
+    /// Bits of this byte a user write changes in the virtual copy.
+    pub const fn virtual_write(&self) -> u8 {
+        if self.raw_write {
+            0
+        } else {
+            self.write & self.virt
+        }
+    }
 }
 
 /// MSI-X capability facts read at open (spec/05 §2 step 9).
@@ -254,6 +290,28 @@ fn walk_read<A: PciAccess>(acc: &mut A, bdf: Bdf, size: u16, off: u16, n: u16) -
         v |= (b & 0xFF) << (8 * i);
     }
     Ok(v)
+}
+
+/// Little-endian `(virt, write)` masks of `width` bytes of `table` from `offset`, in one
+/// pass over the table (same result as [`perm::chunk_masks`]; registers never overlap).
+fn chunk_masks(table: &[perm::RegPerm], offset: u16, width: usize) -> (u32, u32) {
+    let end = offset.saturating_add(width.min(4) as u16);
+    let mut virt = 0u32;
+    let mut write = 0u32;
+    for r in table {
+        let r_end = r.offset.saturating_add(u16::from(r.size));
+        if r.offset >= end || r_end <= offset {
+            continue;
+        }
+        for b in r.offset.max(offset)..r_end.min(end) {
+            let src = u32::from(b - r.offset) * 8;
+            let dst = u32::from(b - offset) * 8;
+            virt |= ((r.virt >> src) & 0xFF) << dst;
+            write |= ((r.write >> src) & 0xFF) << dst;
+        }
+    }
+    debug_assert_eq!((virt, write), perm::chunk_masks(table, offset, width));
+    (virt, write)
 }
 
 fn bit(map: &mut [u32], idx: usize) -> bool {
@@ -411,57 +469,52 @@ impl ConfigSpace {
         }
     }
 
-    /// How config byte `pos` is handled: owner name and virtual / writable bits.
+    /// How config byte `pos` is handled by a one-byte access (spec/03 §3.2–§3.4): owner,
+    /// virtualized and writable bits, raw access. `None` when `pos >= size()`.
     pub fn byte_permission(&self, pos: u16) -> Option<BytePermission> {
         if pos >= self.size {
             return None;
         }
         let owner_kind = self.owner(pos);
-        let mut p = BytePermission {
-            owner: "raw",
-            owner_kind,
-            virt: 0,
-            write: 0xFF,
-            raw: true,
-        };
-        match owner_kind {
-            Owner::Raw => {}
+        let (owner, virt, write, raw_write) = match owner_kind {
+            Owner::Raw => ("raw", 0, 0xFF, true),
             Owner::Header => {
                 let (virt, write) = perm::byte_masks(perm::HEADER, pos);
-                p = BytePermission {
-                    owner: "header",
-                    owner_kind,
-                    virt,
-                    write,
-                    raw: false,
-                };
+                ("header", virt, write, false)
             }
             Owner::Capability(i) => {
                 let c = *self.caps.get(i)?;
                 let off = pos - c.offset;
-                let ext = matches!(c.space, CapSpace::Extended);
-                let (virt, write, raw) = match self.policy(&c) {
+                let (virt, write, raw_write) = match self.policy(&c) {
                     Policy::Table(t) => {
                         let (v, w) = perm::byte_masks(t, off);
                         (v, w, false)
                     }
                     Policy::Direct { raw_write } => {
-                        let hdr = if ext { off < 4 } else { off < 2 };
-                        let v = if hdr { 0xFF } else { 0 };
-                        (v, if raw_write { 0xFF } else { 0 }, false)
+                        // Mirrors `read_chunk`: the extended header dword always comes
+                        // from the virtual copy; in standard space the next byte does,
+                        // and the ID byte only within a wider read.
+                        let from_vconfig = match c.space {
+                            CapSpace::Extended => off < 4,
+                            CapSpace::Standard => off == 1,
+                        };
+                        let v = if from_vconfig { 0xFF } else { 0 };
+                        let w = if raw_write { 0xFF } else { 0 };
+                        (v, w, raw_write)
                     }
                     Policy::FirstHidden => (0xFF, 0, false),
                 };
-                p = BytePermission {
-                    owner: c.name(),
-                    owner_kind,
-                    virt,
-                    write,
-                    raw,
-                };
+                (c.name(), virt, write, raw_write)
             }
-        }
-        Some(p)
+        };
+        Some(BytePermission {
+            owner,
+            owner_kind,
+            virt,
+            write,
+            raw: matches!(owner_kind, Owner::Raw),
+            raw_write,
+        })
     }
 
     // ------------------------------------------------------------------ building (§1)
@@ -969,22 +1022,35 @@ impl ConfigSpace {
 
     // ------------------------------------------------------------------ access (§3)
 
-    /// Splits `[pos, pos+len)` into the next chunk: (width in bytes).
-    fn chunk_width(&self, pos: u16, remaining: usize) -> usize {
+    /// Splits `[pos, pos+len)` into the next chunk (spec/03 §3.1 step 4): the owner of
+    /// `pos` and the chunk width in bytes.
+    fn chunk(&self, pos: u16, remaining: usize) -> (Owner, usize) {
         let owner = self.owner(pos);
         let boundary = 4 - usize::from(pos % 4);
-        let mut run = 1;
-        while run < boundary && self.owner(pos + run as u16) == owner {
-            run += 1;
-        }
+        let run = match owner {
+            // The header is 0x00–0x3F: dword aligned, one owner.
+            Owner::Header => boundary,
+            // Kept capabilities never overlap: the run ends with the capability.
+            Owner::Capability(i) => self.caps.get(i).map_or(1, |c| {
+                usize::from(c.offset.saturating_add(c.len).saturating_sub(pos)).clamp(1, boundary)
+            }),
+            Owner::Raw => {
+                let mut run = 1;
+                while run < boundary && self.owner(pos + run as u16) == Owner::Raw {
+                    run += 1;
+                }
+                run
+            }
+        };
         let n = remaining.min(run);
-        if n >= 4 && pos % 4 == 0 {
+        let w = if n >= 4 && pos % 4 == 0 {
             4
         } else if n >= 2 && pos % 2 == 0 {
             2
         } else {
             1
-        }
+        };
+        (owner, w)
     }
 
     fn check_range(&self, pos: u64, len: usize) -> Result<u16> {
@@ -1014,8 +1080,8 @@ impl ConfigSpace {
         let mut done = 0usize;
         while done < buf.len() {
             let p = start + done as u16;
-            let w = self.chunk_width(p, buf.len() - done);
-            let v = self.read_chunk(acc, bdf, p, w)?;
+            let (owner, w) = self.chunk(p, buf.len() - done);
+            let v = self.read_chunk(acc, bdf, owner, p, w)?;
             if let Some(out) = buf.get_mut(done..done + w) {
                 for (i, b) in out.iter_mut().enumerate() {
                     *b = (v >> (8 * i)) as u8;
@@ -1047,9 +1113,9 @@ impl ConfigSpace {
         let mut done = 0usize;
         while done < data.len() {
             let p = start + done as u16;
-            let w = self.chunk_width(p, data.len() - done);
+            let (owner, w) = self.chunk(p, data.len() - done);
             let v = data.get(done..done + w).map(le).unwrap_or(0);
-            self.write_chunk(acc, bdf, p, w, v, msi_active, effects)?;
+            self.write_chunk(acc, bdf, owner, p, w, v, msi_active, effects)?;
             done += w;
         }
         Ok(done)
@@ -1076,7 +1142,7 @@ impl ConfigSpace {
         w: usize,
     ) -> Result<u32> {
         let full = Width::from_bytes(w).map(Width::mask).unwrap_or(0);
-        let (virt, _) = perm::chunk_masks(table, off, w);
+        let (virt, _) = chunk_masks(table, off, w);
         let v = self.vget(pos, w);
         if virt & full == full {
             return Ok(v);
@@ -1096,7 +1162,7 @@ impl ConfigSpace {
         w: usize,
         u: u32,
     ) -> Result<()> {
-        let (virt, write) = perm::chunk_masks(table, off, w);
+        let (virt, write) = chunk_masks(table, off, w);
         if write == 0 {
             return Ok(());
         }
@@ -1117,10 +1183,11 @@ impl ConfigSpace {
         &mut self,
         acc: &mut A,
         bdf: Bdf,
+        owner: Owner,
         pos: u16,
         w: usize,
     ) -> Result<u32> {
-        match self.owner(pos) {
+        match owner {
             Owner::Raw => Self::phys_read(acc, bdf, pos, w),
             Owner::Header => {
                 let in_bar = (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos);
@@ -1167,13 +1234,14 @@ impl ConfigSpace {
         &mut self,
         acc: &mut A,
         bdf: Bdf,
+        owner: Owner,
         pos: u16,
         w: usize,
         u: u32,
         msi_active: bool,
         effects: &mut WriteEffects,
     ) -> Result<()> {
-        match self.owner(pos) {
+        match owner {
             Owner::Raw => Self::phys_write(acc, bdf, pos, w, u),
             Owner::Header => self.header_write(acc, bdf, pos, w, u, effects),
             Owner::Capability(i) => {
@@ -1332,5 +1400,244 @@ impl ConfigSpace {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod byte_permission_tests {
+    //! `byte_permission` against the access path: every byte of a device with a table-less
+    //! capability, a vendor-specific capability (standard and VSEC), a hidden first
+    //! extended capability, gaps and the header.
+
+    use super::*;
+    use crate::platform::BarResource;
+
+    const BDF: Bdf = Bdf {
+        segment: 0,
+        bus: 1,
+        device: 0,
+        function: 0,
+    };
+
+    /// A 4096-byte config array counting hardware accesses.
+    struct Mem {
+        cfg: [u8; 4096],
+        reads: u32,
+    }
+
+    impl crate::errno::ErrorType for Mem {
+        type Error = Errno;
+    }
+
+    impl PciAccess for Mem {
+        fn config_size(&mut self, _: Bdf) -> Result<u16> {
+            Ok(4096)
+        }
+        fn config_read(&mut self, _: Bdf, offset: u16, width: Width) -> Result<u32> {
+            self.reads += 1;
+            let at = usize::from(offset);
+            let bytes = self.cfg.get(at..at + width.bytes()).ok_or(Errno::EINVAL)?;
+            Ok(le(bytes))
+        }
+        fn config_write(&mut self, _: Bdf, offset: u16, width: Width, value: u32) -> Result<()> {
+            let at = usize::from(offset);
+            let bytes = self
+                .cfg
+                .get_mut(at..at + width.bytes())
+                .ok_or(Errno::EINVAL)?;
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = (value >> (8 * i)) as u8;
+            }
+            Ok(())
+        }
+        fn bar_resource(&mut self, _: Bdf, _: BarIndex) -> Result<BarResource> {
+            Ok(BarResource {
+                kind: BarKind::Mem32,
+                prefetch: false,
+                start: 0,
+                size: 0,
+            })
+        }
+        fn rom_size(&mut self, _: Bdf) -> Result<u64> {
+            Ok(0)
+        }
+        fn bar_read(&mut self, _: Bdf, _: BarIndex, _: u64, _: &mut [u8]) -> Result<()> {
+            Err(Errno::EINVAL)
+        }
+        fn bar_write(&mut self, _: Bdf, _: BarIndex, _: u64, _: &[u8]) -> Result<()> {
+            Err(Errno::EINVAL)
+        }
+        fn rom_read(&mut self, _: Bdf, _: u64, _: &mut [u8]) -> Result<()> {
+            Err(Errno::EINVAL)
+        }
+        fn reset_supported(&mut self, _: Bdf, _: ResetMethod) -> bool {
+            false
+        }
+        fn reset(&mut self, _: Bdf, _: ResetMethod) -> Result<()> {
+            Err(Errno::ENOTTY)
+        }
+        fn irq_vectors_alloc(
+            &mut self,
+            _: Bdf,
+            _: crate::platform::MsiKind,
+            _: u16,
+        ) -> Result<u16> {
+            Err(Errno::ENOSPC)
+        }
+        fn irq_vectors_free(&mut self, _: Bdf) {}
+    }
+
+    /// Vendor cap @0x40 (len 8) → MSI-X @0x50 (table-less) → PCIe v2 @0x60; extended:
+    /// hidden 0x19 first (placeholder) → VSEC @0x140 (len 0x10) → DSN @0x180.
+    fn device() -> (Mem, ConfigSpace) {
+        let mut m = Mem {
+            cfg: [0; 4096],
+            reads: 0,
+        };
+        let mut put = |at: usize, bytes: &[u8]| m.cfg[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0x00, &[0x86, 0x80, 0x34, 0x12, 0x00, 0x00, 0x10, 0x00]);
+        put(0x34, &[0x40]);
+        put(0x3C, &[0x0B, 0x01]);
+        put(0x40, &[0x09, 0x50, 0x08, 0xAA, 0x11, 0x22, 0x33, 0x44]);
+        put(0x50, &[0x11, 0x60, 0x0F, 0x00, 0x00, 0x20, 0x00, 0x00]);
+        put(0x60, &[0x10, 0x00, 0x02, 0x00]);
+        put(0x100, &0x1401_0019u32.to_le_bytes());
+        put(0x140, &0x1801_000Bu32.to_le_bytes());
+        put(0x144, &0x0100_0001u32.to_le_bytes());
+        put(0x148, &[0x5A, 0x5B, 0x5C, 0x5D]);
+        put(0x180, &0x0001_0003u32.to_le_bytes());
+        let mut cs = ConfigSpace::new();
+        cs.build(&mut m, BDF, 4096, FunctionFacts::default())
+            .unwrap();
+        (m, cs)
+    }
+
+    fn read1(m: &mut Mem, cs: &mut ConfigSpace, pos: u16) -> u8 {
+        let mut b = [0u8; 1];
+        cs.read(m, BDF, u64::from(pos), &mut b).unwrap();
+        b[0]
+    }
+
+    fn write1(m: &mut Mem, cs: &mut ConfigSpace, pos: u16, v: u8) {
+        let mut fx = WriteEffects::default();
+        cs.write(m, BDF, u64::from(pos), &[v], false, &mut fx)
+            .unwrap();
+    }
+
+    #[test]
+    fn vendor_specific_capabilities_are_written_raw() {
+        let (mut m, mut cs) = device();
+        for pos in [0x40u16, 0x41, 0x42, 0x45, 0x140, 0x143, 0x148] {
+            let p = cs.byte_permission(pos).unwrap();
+            assert!(p.raw_write && !p.raw, "{pos:#x}: {p:?}");
+            assert_eq!(
+                (p.write, p.hardware_write(), p.virtual_write()),
+                (0xFF, 0xFF, 0)
+            );
+        }
+        // The next pointer reads virtual, yet a write lands in hardware only.
+        assert_eq!(cs.byte_permission(0x41).unwrap().virt, 0xFF);
+        write1(&mut m, &mut cs, 0x41, 0x77);
+        assert_eq!(m.cfg[0x41], 0x77);
+        assert_eq!(read1(&mut m, &mut cs, 0x41), 0x50);
+        // VSEC header: virtual read, raw write.
+        assert_eq!(cs.byte_permission(0x141).unwrap().virt, 0xFF);
+        write1(&mut m, &mut cs, 0x142, 0x55);
+        assert_eq!(m.cfg[0x142], 0x55);
+        assert_eq!(read1(&mut m, &mut cs, 0x142), 0x01);
+        assert_eq!(cs.byte_permission(0x148).unwrap().virt, 0);
+    }
+
+    #[test]
+    fn a_standard_capability_id_byte_reads_hardware_alone() {
+        let (mut m, mut cs) = device();
+        for (pos, virt) in [
+            (0x40u16, 0),
+            (0x41, 0xFF),
+            (0x50, 0),
+            (0x51, 0xFF),
+            (0x52, 0),
+        ] {
+            assert_eq!(cs.byte_permission(pos).unwrap().virt, virt, "{pos:#x}");
+        }
+        m.cfg[0x40] = 0x3C; // the user raw-wrote the vendor capability's ID
+        assert_eq!(read1(&mut m, &mut cs, 0x40), 0x3C);
+        let mut b = [0u8; 2];
+        cs.read(&mut m, BDF, 0x40, &mut b).unwrap();
+        assert_eq!(
+            b,
+            [0x09, 0x50],
+            "a wider read takes ID and next from vconfig"
+        );
+    }
+
+    #[test]
+    fn every_byte_is_described_as_a_one_byte_access_behaves() {
+        let (mut m, mut cs) = device();
+        for pos in 0..cs.size() {
+            let p = cs.byte_permission(pos).unwrap();
+            // Reads: fully virtual bytes never reach hardware; the others show hardware
+            // in the non-virtual bits.
+            let before = m.reads;
+            let hw = m.cfg[usize::from(pos)];
+            m.cfg[usize::from(pos)] = !hw;
+            let got = read1(&mut m, &mut cs, pos);
+            m.cfg[usize::from(pos)] = hw;
+            if p.virt == 0xFF && !(0x10..0x34).contains(&pos) {
+                assert_eq!(m.reads, before, "{pos:#x} ({}) read hardware", p.owner);
+            }
+            let v = cs.vconfig()[usize::from(pos)];
+            assert_eq!(
+                got,
+                (!hw & !p.virt) | (v & p.virt),
+                "{pos:#x} ({}) read",
+                p.owner
+            );
+            // Writes of handler-free bytes: hardware changes exactly in `hardware_write`,
+            // vconfig in `virtual_write`.
+            let handler = matches!(pos, 0x04..=0x07 | 0x10..=0x33 | 0x52 | 0x53 | 0x68 | 0x69);
+            if handler {
+                continue;
+            }
+            for u in [0x00u8, 0xFF] {
+                let (hw, v) = (m.cfg[usize::from(pos)], cs.vconfig()[usize::from(pos)]);
+                write1(&mut m, &mut cs, pos, u);
+                let (hw2, v2) = (m.cfg[usize::from(pos)], cs.vconfig()[usize::from(pos)]);
+                let hw_bits = p.hardware_write();
+                let v_bits = p.virtual_write();
+                assert_eq!(
+                    hw2,
+                    (hw & !hw_bits) | (u & hw_bits),
+                    "{pos:#x} ({}) hw",
+                    p.owner
+                );
+                assert_eq!(
+                    v2,
+                    (v & !v_bits) | (u & v_bits),
+                    "{pos:#x} ({}) vconfig",
+                    p.owner
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn owners_and_kinds() {
+        let (_, cs) = device();
+        let p = cs.byte_permission(0x3C).unwrap();
+        assert_eq!(
+            (p.owner, p.virt, p.write, p.raw, p.raw_write),
+            ("header", 0xFF, 0xFF, false, false)
+        );
+        let p = cs.byte_permission(0x5C).unwrap();
+        assert_eq!((p.owner, p.raw, p.hardware_write()), ("raw", true, 0xFF));
+        let p = cs.byte_permission(0x101).unwrap();
+        assert_eq!(
+            (p.owner, p.virt, p.write, p.raw_write),
+            ("hidden-first-ecap", 0xFF, 0, false)
+        );
+        let p = cs.byte_permission(0x52).unwrap();
+        assert_eq!((p.owner, p.virt, p.write), ("MSI-X", 0, 0));
+        assert!(cs.byte_permission(0x1000).is_none());
     }
 }

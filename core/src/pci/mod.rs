@@ -20,12 +20,18 @@
 //!   read through the platform without image validation (ERRATA 6's ENOMEM case is the
 //!   platform's to report).
 //! * IRQs (spec/04): GET_IRQ_INFO (recent profile + ERRATA 1, 2), SET_IRQS for every index.
-//!   INTx is virtual: the platform has no INTx line API, so enabling INTx never fails with
-//!   ENODEV, masking is tracked in the core, and the host side calls
-//!   [`PciDriver::intx_fired`] / [`PciDriver::intx_unmask`].
+//!   Triggers live in a lock-free [`IrqTable`] (2048 vectors) read by the `&self`
+//!   interrupt entry points; the host INTx line goes through [`PciAccess::intx_request`]
+//!   and friends; MSI-X growth allocates only the missing vectors
+//!   ([`PciAccess::irq_vector_add`]).
+//! * Hot reset (spec/05 §8): `GET_PCI_HOT_RESET_INFO` and `PCI_HOT_RESET` with group-fd
+//!   ownership proof ([`reset`]); release-time bus reset (§9) when every affected function
+//!   is a VFIO device that is not open.
 
 mod config;
+mod irq;
 mod perm;
+pub mod reset;
 
 #[cfg(test)]
 mod tests;
@@ -34,28 +40,26 @@ pub use config::{
     BytePermission, CapEntry, CapSpace, CapVisibility, ChainDefect, ChainDefectKind, ConfigSpace,
     MsixInfo, Owner, CAP_TABLE_CAPACITY, CONFIG_SPACE_MAX, MAX_EXTENDED_CAPS, MAX_STANDARD_CAPS,
 };
+pub use irq::{IrqTable, MAX_VECTORS, NO_TOKEN};
 pub use perm::{cap_name, policy_for, Policy, RegPerm};
 
 use config::{WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY};
+
+use core::borrow::Borrow;
+use core::marker::PhantomData;
 
 use crate::era::Era;
 use crate::errno::{Errno, Error as _, Result};
 use crate::platform::{
     BarIndex, BarKind, Bdf, EventSink, IntxLine, MsiKind, PciAccess, ResetMethod, Width,
 };
+use crate::uapi::ioctl;
 use crate::uapi::{
     device_flags, irq_index, irq_info_flags, irq_set_flags, region_cap, region_flags, region_index,
 };
-use crate::vfio::driver::{BusDriver, CapChain, DeviceInfo, IrqInfo, IrqSetRequest, RegionInfo};
-
-/// Number of MSI/MSI-X vectors whose triggers a device can track.
-///
-/// MSI allows 32 vectors; MSI-X up to 2048, but devices assigned to one VM rarely use more
-/// than a few dozen. GET_IRQ_INFO still reports the real table size. SET_IRQS giving an
-/// eventfd to a vector at or above this capacity fails with `ENOSPC` (nothing of that
-/// vector is tracked; fd −1 for it is accepted); [`PciDriver::msi_fired`] returns `false`
-/// for such vectors.
-pub const MAX_VECTORS: usize = 64;
+use crate::vfio::driver::{
+    BusDriver, CapChain, DeviceInfo, FdResolver, IrqInfo, IrqSetRequest, RegionInfo,
+};
 
 /// Page size assumed for mmap eligibility of sub-page BARs (spec/05 §7), bytes.
 pub const PAGE_SIZE: u64 = 4096;
@@ -80,57 +84,75 @@ pub enum IrqType {
     Msix,
 }
 
-/// Per-device interrupt state (spec/04 §5–§6).
+/// Control-plane interrupt state (spec/04 §5–§6); triggers are in the [`IrqTable`].
 #[derive(Debug, Clone)]
 struct IrqState<Ev> {
-    kind: IrqType,
-    intx_trigger: Option<Ev>,
     intx_unmask: Option<Ev>,
-    intx_masked: bool,
-    vectors: [Option<Ev>; MAX_VECTORS],
+    /// INTx host line requested through [`PciAccess::intx_request`].
+    intx_requested: bool,
+    /// MSI: vectors allocated at enable. MSI-X: one past the highest allocated vector.
     allocated: u16,
-    err: Option<Ev>,
-    req: Option<Ev>,
 }
 
 impl<Ev: Copy> IrqState<Ev> {
     const fn new() -> Self {
         IrqState {
-            kind: IrqType::None,
-            intx_trigger: None,
             intx_unmask: None,
-            intx_masked: false,
-            vectors: [None; MAX_VECTORS],
+            intx_requested: false,
             allocated: 0,
-            err: None,
-            req: None,
         }
     }
 }
 
 /// One PCI function as the vfio-pci driver sees it: its address plus, while open, the
-/// virtual config space and interrupt state. `Ev` is the platform's event token.
+/// virtual config space and interrupt state. `Ev` is the platform's event token; `T`
+/// holds the function's lock-free [`IrqTable`]: inline by default (8 KiB), or a shared
+/// handle (`&'static IrqTable`, `Arc<IrqTable>`) when interrupt handlers run elsewhere.
 #[derive(Debug, Clone)]
-pub struct PciDevice<Ev> {
+pub struct PciDevice<Ev, T = IrqTable> {
     bdf: Bdf,
     open: bool,
     reset_works: bool,
+    needs_reset: bool,
     saved_command: u16,
     config: ConfigSpace,
     irq: IrqState<Ev>,
+    table: T,
 }
 
 impl<Ev: Copy> PciDevice<Ev> {
-    /// A closed device for function `bdf`; nothing is read from hardware.
+    /// A closed device for function `bdf` with an inline [`IrqTable`]; nothing is read
+    /// from hardware.
     pub const fn new(bdf: Bdf) -> Self {
+        PciDevice::with_table(bdf, IrqTable::new())
+    }
+}
+
+impl<Ev: Copy, T: Borrow<IrqTable>> PciDevice<Ev, T> {
+    /// A closed device for function `bdf` whose triggers live in `table` (share it with
+    /// the interrupt handlers; it is reset at every open and close).
+    pub const fn with_table(bdf: Bdf, table: T) -> Self {
         PciDevice {
             bdf,
             open: false,
             reset_works: false,
+            needs_reset: false,
             saved_command: 0,
             config: ConfigSpace::new(),
             irq: IrqState::new(),
+            table,
         }
+    }
+
+    /// The lock-free trigger table (for interrupt entry points).
+    pub fn table(&self) -> &IrqTable {
+        self.table.borrow()
+    }
+
+    /// Whether the device was closed without a successful function reset and still
+    /// waits for a bus/slot reset (spec/05 §3 step 7, §9).
+    pub const fn needs_reset(&self) -> bool {
+        self.needs_reset
     }
 
     /// The function's address.
@@ -154,13 +176,13 @@ impl<Ev: Copy> PciDevice<Ev> {
     }
 
     /// The active interrupt type (spec/04 §5).
-    pub const fn irq_type(&self) -> IrqType {
-        self.irq.kind
+    pub fn irq_type(&self) -> IrqType {
+        self.table().kind()
     }
 
     /// Whether INTx is currently masked (automasked or user-masked, spec/04 §6).
-    pub const fn intx_masked(&self) -> bool {
-        self.irq.intx_masked
+    pub fn intx_masked(&self) -> bool {
+        self.table().intx_masked()
     }
 
     fn memory_enabled(&self) -> bool {
@@ -182,14 +204,16 @@ pub enum MsixMmapPolicy {
     Deny,
 }
 
-/// The vfio-pci bus driver: owns the platform's PCI access and event sink.
+/// The vfio-pci bus driver: owns the platform's PCI access and event sink. `T` is the
+/// [`IrqTable`] holder of its devices (see [`PciDevice`]).
 #[derive(Debug)]
-pub struct PciDriver<A, E> {
+pub struct PciDriver<A, E, T = IrqTable> {
     access: A,
     events: E,
     era: Era,
     msix_mmap: MsixMmapPolicy,
     page_size: u64,
+    _table: PhantomData<fn() -> T>,
 }
 
 fn perr<T, Er: crate::errno::Error>(r: core::result::Result<T, Er>) -> Result<T> {
@@ -203,14 +227,24 @@ fn msi_qmax(nvec: u16) -> u8 {
 }
 
 impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
-    /// A driver over the platform's `access` and `events`.
+    /// A driver over the platform's `access` and `events` whose devices hold their
+    /// [`IrqTable`] inline.
     pub const fn new(access: A, events: E) -> Self {
+        PciDriver::with_tables(access, events)
+    }
+}
+
+impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
+    /// A driver whose devices reach their [`IrqTable`] through `T` (e.g. `Arc<IrqTable>`
+    /// or `&'static IrqTable`, so that interrupt handlers can share it).
+    pub const fn with_tables(access: A, events: E) -> Self {
         PciDriver {
             access,
             events,
             era: Era::Linux7_3,
             msix_mmap: MsixMmapPolicy::Mappable,
             page_size: PAGE_SIZE,
+            _table: PhantomData,
         }
     }
 
@@ -269,7 +303,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
     /// `EFAULT` outside config space (or before open: size 0); platform errors.
     pub fn read_config(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         offset: u16,
         buf: &mut [u8],
     ) -> Result<usize> {
@@ -285,7 +319,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
     /// As [`PciDriver::read_config`].
     pub fn write_config(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         offset: u16,
         data: &[u8],
     ) -> Result<usize> {
@@ -294,16 +328,17 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     fn config_write(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         pos: u64,
         data: &[u8],
     ) -> Result<usize> {
         let bdf = state.bdf;
         let mut fx = WriteEffects::default();
-        let msi_active = state.irq.kind == IrqType::Msi;
+        let msi_active = state.irq_type() == IrqType::Msi;
         let r = state
             .config
             .write(&mut self.access, bdf, pos, data, msi_active, &mut fx);
+        state.table().set_virq_disabled(state.config.virq_disabled);
         if let Some(dis) = fx.intx_disable {
             if dis {
                 self.intx_mask(state);
@@ -316,110 +351,105 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     /// Interrupt entry for MSI/MSI-X: vector `vector` of `kind` fired on the host.
     /// Signals the vector's trigger; returns whether an event was signalled (false when
-    /// `kind` is not the active type, the vector is untracked or has no trigger).
-    pub fn msi_fired(&self, state: &PciDevice<E::Event>, kind: MsiKind, vector: u16) -> bool {
-        let active = match kind {
-            MsiKind::Msi => IrqType::Msi,
-            MsiKind::Msix => IrqType::Msix,
-        };
-        if state.irq.kind != active {
-            return false;
-        }
-        match state
-            .irq
-            .vectors
-            .get(usize::from(vector))
-            .copied()
-            .flatten()
-        {
-            Some(ev) => {
-                self.events.signal(ev);
-                true
-            }
-            None => false,
-        }
+    /// `kind` is not the active type, the vector is out of range or has no trigger).
+    /// Lock-free ([`IrqTable::msi_fired`]); safe to call while another thread runs
+    /// `SET_IRQS` on the same device if the table is shared ([`PciDevice::with_table`]).
+    #[inline]
+    pub fn msi_fired(&self, state: &PciDevice<E::Event, T>, kind: MsiKind, vector: u16) -> bool {
+        state.table().msi_fired(&self.events, kind, vector)
     }
 
     /// The platform's AER `error_detected` callback for the function (spec/04 §5.3):
     /// signals the ERR trigger if one is registered. Returns whether one was signalled.
-    pub fn aer_error(&self, state: &PciDevice<E::Event>) -> bool {
-        match state.irq.err {
-            Some(ev) if state.open => {
-                self.events.signal(ev);
-                true
-            }
-            _ => false,
-        }
+    /// The platform should report "can recover" regardless (spec/05 §10).
+    pub fn aer_error(&self, state: &PciDevice<E::Event, T>) -> bool {
+        state.open && state.table().error_detected(&self.events)
     }
 
-    /// Interrupt entry for INTx (spec/04 §6.4): automasks (sets hardware DisINTx) and
-    /// signals the trigger. Returns whether the interrupt was taken (INTx active and not
-    /// already masked).
-    pub fn intx_fired(&mut self, state: &mut PciDevice<E::Event>) -> bool {
-        if state.irq.kind != IrqType::Intx || state.irq.intx_masked {
-            return false;
-        }
-        state.irq.intx_masked = true;
-        self.set_hw_intx_disable(state, true);
-        if !state.config.virq_disabled {
-            if let Some(ev) = state.irq.intx_trigger {
-                self.events.signal(ev);
+    /// Interrupt entry for INTx on the control thread (spec/04 §6.4): automasks (PCI 2.3:
+    /// check-and-mask through Status bit 3 and DisINTx; otherwise the host line is
+    /// disabled) and signals the trigger. Returns whether the interrupt was taken (INTx
+    /// active, not already masked, and — PCI 2.3 — the function asserting it). For a
+    /// handler on another CPU use [`IrqTable::intx_fired`] with the platform's own
+    /// non-blocking masking step.
+    pub fn intx_fired(&mut self, state: &mut PciDevice<E::Event, T>) -> bool {
+        let bdf = state.bdf;
+        let pci23 = state.config.facts().intx_masking;
+        let access = &mut self.access;
+        state.table.borrow().intx_fired(&self.events, || {
+            if pci23 {
+                let status = perr(access.config_read(bdf, 0x06, Width::Word)).unwrap_or(0);
+                if status & 0x0008 == 0 {
+                    return false;
+                }
+                set_disintx(access, bdf, true);
+            } else {
+                access.intx_line_enable(bdf, false);
             }
-        }
-        true
+            true
+        })
     }
 
     /// INTx unmask (spec/04 §6.3): the UNMASK ioctl, the unmask eventfd, or the virtual
     /// DisINTx being cleared. If the device still asserts INTx (Status bit 3), INTx stays
     /// masked and the trigger is signalled again.
-    pub fn intx_unmask(&mut self, state: &mut PciDevice<E::Event>) {
+    pub fn intx_unmask(&mut self, state: &mut PciDevice<E::Event, T>) {
         let bdf = state.bdf;
-        if state.irq.kind != IrqType::Intx {
-            if !state.config.virq_disabled {
-                self.set_hw_intx_disable(state, false);
+        let pci23 = state.config.facts().intx_masking;
+        if state.irq_type() != IrqType::Intx {
+            if pci23 && !state.config.virq_disabled {
+                set_disintx(&mut self.access, bdf, false);
             }
             return;
         }
-        if !state.irq.intx_masked || state.config.virq_disabled {
+        if !state.intx_masked() || state.config.virq_disabled {
             return;
         }
-        let pending = perr(self.access.config_read(bdf, 0x06, Width::Word))
-            .map(|s| s & 0x0008 != 0)
-            .unwrap_or(false);
-        if pending {
-            if let Some(ev) = state.irq.intx_trigger {
-                self.events.signal(ev);
-            }
+        let pending = if pci23 {
+            perr(self.access.intx_check_and_unmask(bdf)).unwrap_or(true)
         } else {
-            self.set_hw_intx_disable(state, false);
-        }
-        state.irq.intx_masked = pending;
-    }
-
-    fn intx_mask(&mut self, state: &mut PciDevice<E::Event>) {
-        self.set_hw_intx_disable(state, true);
-        if state.irq.kind == IrqType::Intx {
-            state.irq.intx_masked = true;
-        }
-    }
-
-    /// Sets or clears hardware DisINTx; only PCI 2.3 functions have it (spec/03 §5.2
-    /// step 4; a non-2.3 function is masked at the host line instead).
-    fn set_hw_intx_disable(&mut self, state: &PciDevice<E::Event>, on: bool) {
-        if !state.config.facts().intx_masking {
-            return;
-        }
-        let bdf = state.bdf;
-        if let Ok(cmd) = perr(self.access.config_read(bdf, 0x04, Width::Word)) {
-            let new = if on {
-                cmd | u32::from(CMD_INTX_DISABLE)
-            } else {
-                cmd & !u32::from(CMD_INTX_DISABLE)
-            };
-            if new != cmd {
-                let _ = self.access.config_write(bdf, 0x04, Width::Word, new);
+            self.access.intx_line_enable(bdf, true);
+            false
+        };
+        state.table().set_intx_masked(pending);
+        if pending {
+            if let Some(t) = state.table().intx_trigger() {
+                if let Some(ev) = self.events.token_event(t) {
+                    self.events.signal(ev);
+                }
             }
         }
+    }
+
+    fn intx_mask(&mut self, state: &mut PciDevice<E::Event, T>) {
+        let bdf = state.bdf;
+        let pci23 = state.config.facts().intx_masking;
+        if state.irq_type() != IrqType::Intx {
+            if pci23 {
+                set_disintx(&mut self.access, bdf, true);
+            }
+            return;
+        }
+        if !state.intx_masked() {
+            if pci23 {
+                set_disintx(&mut self.access, bdf, true);
+            } else {
+                self.access.intx_line_enable(bdf, false);
+            }
+        }
+        state.table().set_intx_masked(true);
+    }
+
+    /// Resolves eventfd `fd` into a table token (spec/04 §5).
+    ///
+    /// # Errors
+    /// `EBADF`/`EINVAL` from the sink; `EINVAL` when the sink has no token for the event.
+    fn resolve_token(&mut self, fd: i32) -> Result<u32> {
+        let ev = self.events.resolve(fd)?;
+        self.events
+            .event_token(ev)
+            .filter(|t| *t != NO_TOKEN)
+            .ok_or(Errno::EINVAL)
     }
 
     // ------------------------------------------------------------------ open / close
@@ -431,8 +461,20 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
     /// `ENODEV` when no function answers (vendor ID 0xffff or 0, or a config space smaller
     /// than the 64-byte header); `EINVAL` for any header type but 0 (bridges and CardBus
     /// bridges are never assigned); the platform's error when config space cannot be read.
-    pub fn probe(&mut self, bdf: Bdf) -> Result<PciDevice<E::Event>> {
-        self.check_function(bdf).map(|_| PciDevice::new(bdf))
+    pub fn probe(&mut self, bdf: Bdf) -> Result<PciDevice<E::Event, T>>
+    where
+        T: Default,
+    {
+        self.probe_with_table(bdf, T::default())
+    }
+
+    /// [`PciDriver::probe`] with the device's [`IrqTable`] holder `table`.
+    ///
+    /// # Errors
+    /// As [`PciDriver::probe`].
+    pub fn probe_with_table(&mut self, bdf: Bdf, table: T) -> Result<PciDevice<E::Event, T>> {
+        self.check_function(bdf)
+            .map(|_| PciDevice::with_table(bdf, table))
     }
 
     /// Checks that a type-0 function answers at `bdf`; returns its config size in bytes.
@@ -453,7 +495,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         Ok(size)
     }
 
-    fn do_open(&mut self, state: &mut PciDevice<E::Event>) -> Result<()> {
+    fn do_open(&mut self, state: &mut PciDevice<E::Event, T>) -> Result<()> {
         let bdf = state.bdf;
         let size = self.check_function(bdf)?;
         // Step 2: clear bus mastering before anything is saved.
@@ -510,34 +552,48 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             return Err(e);
         }
         state.irq = IrqState::new();
+        state.table().reset();
+        state.needs_reset = false;
         state.open = true;
         Ok(())
     }
 
-    fn disable_irqs(&mut self, state: &mut PciDevice<E::Event>) {
-        match state.irq.kind {
+    fn disable_irqs(&mut self, state: &mut PciDevice<E::Event, T>) {
+        match state.irq_type() {
             IrqType::Msi | IrqType::Msix => self.msi_disable(state),
-            IrqType::Intx => {
-                state.irq.intx_trigger = None;
-                state.irq.intx_unmask = None;
-                state.irq.kind = IrqType::None;
-            }
+            IrqType::Intx => self.intx_disable(state),
             IrqType::None => {}
         }
     }
 
-    fn msi_disable(&mut self, state: &mut PciDevice<E::Event>) {
-        state.irq.vectors = [None; MAX_VECTORS];
+    /// spec/04 §6.5 (INTx): unmask eventfd dropped, host line freed, trigger released.
+    fn intx_disable(&mut self, state: &mut PciDevice<E::Event, T>) {
+        state.irq.intx_unmask = None;
+        if state.irq.intx_requested {
+            self.access.intx_free(state.bdf);
+            state.irq.intx_requested = false;
+        }
+        state.table().set_kind(IrqType::None);
+        state.table().set_intx_trigger(None);
+        state.table().set_intx_masked(false);
+    }
+
+    /// spec/04 §6.5 (MSI/MSI-X): triggers released, every vector freed.
+    fn msi_disable(&mut self, state: &mut PciDevice<E::Event, T>) {
+        state.table().set_kind(IrqType::None);
+        state.table().clear_vectors();
         self.access.irq_vectors_free(state.bdf);
         state.irq.allocated = 0;
-        state.irq.kind = IrqType::None;
+        if state.config.facts().nointx {
+            set_disintx(&mut self.access, state.bdf, true);
+        }
     }
 
     // ------------------------------------------------------------------ regions
 
     fn bar_info(
         &mut self,
-        state: &PciDevice<E::Event>,
+        state: &PciDevice<E::Event, T>,
         index: u32,
         caps: &mut CapChain<'_>,
     ) -> Result<RegionInfo> {
@@ -584,7 +640,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     fn bar_rw(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         index: u32,
         pos: u64,
         mut io: Io<'_>,
@@ -653,7 +709,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     fn rom_read(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         pos: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
@@ -696,7 +752,12 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
     }
 
     /// VGA region access (spec/05 §6.5): `pos` is the legacy address itself.
-    fn vga_rw(&mut self, state: &PciDevice<E::Event>, pos: u64, mut io: Io<'_>) -> Result<usize> {
+    fn vga_rw(
+        &mut self,
+        state: &PciDevice<E::Event, T>,
+        pos: u64,
+        mut io: Io<'_>,
+    ) -> Result<usize> {
         let (end, is_io) = match pos {
             0xA_0000..=0xB_FFFF => (VGA_REGION_SIZE, false),
             0x3B0..=0x3BB => (0x3BC, true),
@@ -738,7 +799,7 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     // ------------------------------------------------------------------ SET_IRQS
 
-    fn irq_count(&mut self, state: &PciDevice<E::Event>, index: u32) -> u32 {
+    fn irq_count(&mut self, state: &PciDevice<E::Event, T>, index: u32) -> u32 {
         match index {
             irq_index::INTX => u32::from(state.config.interrupt_pin() != 0),
             irq_index::MSI => match state.config.msi() {
@@ -764,14 +825,15 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     fn set_intx(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         req: &IrqSetRequest,
         data: &[u8],
     ) -> Result<u32> {
         let dt = req.data_type();
+        let kind = state.irq_type();
         match req.action() {
             irq_set_flags::ACTION_MASK | irq_set_flags::ACTION_UNMASK => {
-                if state.irq.kind != IrqType::Intx || req.start != 0 || req.count != 1 {
+                if kind != IrqType::Intx || req.start != 0 || req.count != 1 {
                     return Err(Errno::EINVAL);
                 }
                 let unmask = req.action() == irq_set_flags::ACTION_UNMASK;
@@ -801,14 +863,11 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 Ok(0)
             }
             _ => {
-                if state.irq.kind == IrqType::Intx
-                    && req.count == 0
-                    && dt == irq_set_flags::DATA_NONE
-                {
-                    self.disable_irqs(state);
+                if kind == IrqType::Intx && req.count == 0 && dt == irq_set_flags::DATA_NONE {
+                    self.intx_disable(state);
                     return Ok(0);
                 }
-                if !matches!(state.irq.kind, IrqType::Intx | IrqType::None)
+                if !matches!(kind, IrqType::Intx | IrqType::None)
                     || req.start != 0
                     || req.count != 1
                 {
@@ -816,40 +875,74 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 }
                 if dt == irq_set_flags::DATA_EVENTFD {
                     let fd = fd_at(data, 0).ok_or(Errno::EINVAL)?;
-                    let ev = if fd >= 0 {
-                        Some(self.events.resolve(fd)?)
+                    let token = if fd >= 0 {
+                        Some(self.resolve_token(fd)?)
                     } else {
                         None
                     };
-                    if state.irq.kind != IrqType::Intx {
-                        if state.config.facts().intx == IntxLine::Missing {
-                            // No host interrupt number to request (spec/04 §5.1).
-                            return Err(Errno::ENODEV);
-                        }
-                        state.irq.kind = IrqType::Intx;
-                        state.irq.intx_masked = state.config.virq_disabled;
-                        self.set_hw_intx_disable(state, state.irq.intx_masked);
+                    if kind != IrqType::Intx {
+                        self.intx_enable(state)?;
                     }
-                    state.irq.intx_trigger = ev;
+                    state.table().set_intx_trigger(token);
                     return Ok(0);
                 }
-                if state.irq.kind != IrqType::Intx {
+                if kind != IrqType::Intx {
                     return Err(Errno::EINVAL);
                 }
                 let go = dt == irq_set_flags::DATA_NONE || data.first().is_some_and(|b| *b != 0);
                 if go && !state.config.virq_disabled {
-                    if let Some(ev) = state.irq.intx_trigger {
-                        self.events.signal(ev);
-                    }
+                    self.signal_token(state.table().intx_trigger());
                 }
                 Ok(0)
             }
         }
     }
 
+    /// spec/04 §6.1: host line requested (shared for PCI 2.3, exclusive otherwise),
+    /// `masked := virq_disabled`, `irq_type := INTx`.
+    fn intx_enable(&mut self, state: &mut PciDevice<E::Event, T>) -> Result<()> {
+        let facts = state.config.facts();
+        if facts.intx == IntxLine::Missing {
+            // No host interrupt number to request (spec/04 §5.1).
+            return Err(Errno::ENODEV);
+        }
+        let bdf = state.bdf;
+        let masked = state.config.virq_disabled;
+        if facts.intx_masking {
+            set_disintx(&mut self.access, bdf, masked);
+        }
+        perr(self.access.intx_request(bdf, facts.intx_masking, masked))?;
+        state.irq.intx_requested = true;
+        state.table().set_intx_masked(masked);
+        state.table().set_kind(IrqType::Intx);
+        Ok(())
+    }
+
+    fn signal_token(&self, token: Option<u32>) {
+        if let Some(ev) = token.and_then(|t| self.events.token_event(t)) {
+            self.events.signal(ev);
+        }
+    }
+
+    /// Before MSI-X is enabled, the table the device reports must lie inside an
+    /// implemented memory BAR: a Table BIR naming a missing, zero-size or I/O BAR, or a
+    /// table running past the BAR's end, is refused with `ENOMEM` (Linux fails to map
+    /// such a table with the same errno; ACRN #2624 and Jailhouse #8 came from trusting
+    /// it). Nothing is allocated or written.
+    fn check_msix_table(&mut self, state: &PciDevice<E::Event, T>) -> Result<()> {
+        let info = state.config.msix().ok_or(Errno::EINVAL)?;
+        let bar = BarIndex::new(info.bar).ok_or(Errno::ENOMEM)?;
+        let r = perr(self.access.bar_resource(state.bdf, bar))?;
+        let end = u64::from(info.table_offset) + u64::from(info.table_bytes);
+        if r.size == 0 || r.kind == BarKind::Io || end > r.size {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
+    }
+
     fn set_msi(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         req: &IrqSetRequest,
         data: &[u8],
     ) -> Result<u32> {
@@ -860,15 +953,16 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             (IrqType::Msi, MsiKind::Msi)
         };
         let dt = req.data_type();
-        if state.irq.kind == this && req.count == 0 && dt == irq_set_flags::DATA_NONE {
+        let active = state.irq_type();
+        if active == this && req.count == 0 && dt == irq_set_flags::DATA_NONE {
             self.msi_disable(state);
             return Ok(0);
         }
-        if state.irq.kind != this && state.irq.kind != IrqType::None {
+        if active != this && active != IrqType::None {
             return Err(Errno::EINVAL);
         }
         if dt == irq_set_flags::DATA_EVENTFD {
-            if state.irq.kind == this {
+            if active == this {
                 self.set_block(state, req, data, msix)?;
                 return Ok(0);
             }
@@ -877,14 +971,17 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 return Err(Errno::ERANGE);
             }
             let nvec = u16::try_from(nvec).map_err(|_| Errno::EINVAL)?;
+            if msix {
+                self.check_msix_table(state)?;
+            }
             let granted = perr(self.access.irq_vectors_alloc(state.bdf, kind, nvec))?;
             if granted < nvec {
                 self.access.irq_vectors_free(state.bdf);
                 return Ok(u32::from(granted));
             }
-            state.irq.kind = this;
             state.irq.allocated = nvec;
-            state.irq.vectors = [None; MAX_VECTORS];
+            state.table().clear_vectors();
+            state.table().set_kind(this);
             if !msix {
                 state.config.msi_qmax = msi_qmax(nvec);
             }
@@ -894,42 +991,23 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
             }
             return Ok(0);
         }
-        if state.irq.kind != this {
+        if active != this {
             return Err(Errno::EINVAL);
         }
         for i in 0..req.count {
             let v = req.start.saturating_add(i) as usize;
             let go =
                 dt == irq_set_flags::DATA_NONE || data.get(i as usize).is_some_and(|b| *b != 0);
-            if let (true, Some(Some(ev))) = (go, state.irq.vectors.get(v)) {
-                self.events.signal(*ev);
+            if go {
+                self.signal_token(state.table().vector_token(v));
             }
         }
         Ok(0)
     }
 
-    /// Grows an enabled MSI-X block to `nvec` vectors (dynamic MSI-X, ERRATA 3). The
-    /// platform has no per-vector allocation call, so the block is re-allocated whole.
-    fn msix_grow(&mut self, state: &mut PciDevice<E::Event>, nvec: u16) -> Result<()> {
-        let bdf = state.bdf;
-        self.access.irq_vectors_free(bdf);
-        let granted = perr(self.access.irq_vectors_alloc(bdf, MsiKind::Msix, nvec)).unwrap_or(0);
-        if granted >= nvec {
-            state.irq.allocated = nvec;
-            return Ok(());
-        }
-        self.access.irq_vectors_free(bdf);
-        let old = state.irq.allocated;
-        let back = perr(self.access.irq_vectors_alloc(bdf, MsiKind::Msix, old)).unwrap_or(0);
-        if back < old {
-            self.msi_disable(state);
-        }
-        Err(Errno::ENOSPC)
-    }
-
     fn set_block(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         req: &IrqSetRequest,
         data: &[u8],
         msix: bool,
@@ -937,18 +1015,13 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         for i in 0..req.count {
             let v = req.start.saturating_add(i);
             let fd = fd_at(data, i as usize).ok_or(Errno::EINVAL)?;
-            if let Some(slot) = state.irq.vectors.get_mut(v as usize) {
-                *slot = None;
-            }
+            state.table().set_vector(v as usize, None);
             if fd < 0 {
                 continue;
             }
-            let res = self.set_vector(state, v, fd, msix);
-            if let Err(e) = res {
+            if let Err(e) = self.set_vector(state, v, fd, msix) {
                 for j in req.start..=v {
-                    if let Some(slot) = state.irq.vectors.get_mut(j as usize) {
-                        *slot = None;
-                    }
+                    state.table().set_vector(j as usize, None);
                 }
                 return Err(e);
             }
@@ -958,30 +1031,31 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
 
     fn set_vector(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         v: u32,
         fd: i32,
         msix: bool,
     ) -> Result<()> {
         if v as usize >= MAX_VECTORS {
-            return Err(Errno::ENOSPC);
+            return Err(Errno::EINVAL);
         }
+        let token = self.resolve_token(fd)?;
         if v >= u32::from(state.irq.allocated) {
             if !msix || self.era == Era::Linux6_1 {
                 return Err(Errno::EINVAL);
             }
-            self.msix_grow(state, (v + 1) as u16)?;
+            // Dynamic MSI-X (ERRATA 3): only the missing vector is allocated.
+            self.access
+                .irq_vector_add(state.bdf, v as u16, state.irq.allocated)?;
+            state.irq.allocated = (v + 1) as u16;
         }
-        let ev = self.events.resolve(fd)?;
-        if let Some(slot) = state.irq.vectors.get_mut(v as usize) {
-            *slot = Some(ev);
-        }
+        state.table().set_vector(v as usize, Some(token));
         Ok(())
     }
 
     fn set_single(
         &mut self,
-        state: &mut PciDevice<E::Event>,
+        state: &mut PciDevice<E::Event, T>,
         req: &IrqSetRequest,
         data: &[u8],
     ) -> Result<u32> {
@@ -990,15 +1064,15 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
         }
         let err_index = req.index == irq_index::ERR;
         let current = if err_index {
-            state.irq.err
+            state.table().err()
         } else {
-            state.irq.req
+            state.table().req()
         };
         let new = match req.data_type() {
             irq_set_flags::DATA_NONE => {
-                let ev = current.ok_or(Errno::EINVAL)?;
+                let t = current.ok_or(Errno::EINVAL)?;
                 if req.count == 1 {
-                    self.events.signal(ev);
+                    self.signal_token(Some(t));
                     return Ok(0);
                 }
                 None
@@ -1007,8 +1081,8 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 if req.count == 0 {
                     return Err(Errno::EINVAL);
                 }
-                if let (Some(ev), true) = (current, data.first().is_some_and(|b| *b != 0)) {
-                    self.events.signal(ev);
+                if data.first().is_some_and(|b| *b != 0) {
+                    self.signal_token(current);
                 }
                 return Ok(0);
             }
@@ -1018,17 +1092,31 @@ impl<A: PciAccess, E: EventSink> PciDriver<A, E> {
                 }
                 match fd_at(data, 0).ok_or(Errno::EINVAL)? {
                     -1 => None,
-                    fd if fd >= 0 => Some(self.events.resolve(fd)?),
+                    fd if fd >= 0 => Some(self.resolve_token(fd)?),
                     _ => return Ok(0),
                 }
             }
         };
         if err_index {
-            state.irq.err = new;
+            state.table().set_err(new);
         } else {
-            state.irq.req = new;
+            state.table().set_req(new);
         }
         Ok(0)
+    }
+}
+
+/// Sets or clears hardware DisINTx (Command bit 10) by read-modify-write.
+fn set_disintx<A: PciAccess>(access: &mut A, bdf: Bdf, on: bool) {
+    if let Ok(cmd) = perr(access.config_read(bdf, 0x04, Width::Word)) {
+        let new = if on {
+            cmd | u32::from(CMD_INTX_DISABLE)
+        } else {
+            cmd & !u32::from(CMD_INTX_DISABLE)
+        };
+        if new != cmd {
+            let _ = access.config_write(bdf, 0x04, Width::Word, new);
+        }
     }
 }
 
@@ -1075,8 +1163,8 @@ impl Io<'_> {
     }
 }
 
-impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
-    type State = PciDevice<E::Event>;
+impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> BusDriver for PciDriver<A, E, T> {
+    type State = PciDevice<E::Event, T>;
 
     /// Enable at first open (spec/05 §2): refuses absent functions (`ENODEV`) and
     /// non-type-0 headers (`EINVAL`), clears bus master, enables decode, tries a function
@@ -1090,27 +1178,7 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
     /// open, BARs and the Command register as saved at open restored (the core's stand-in
     /// for the platform's saved config state).
     fn close_device(&mut self, state: &mut Self::State) {
-        let bdf = state.bdf;
-        if let Ok(cmd) = perr(self.access.config_read(bdf, 0x04, Width::Word)) {
-            let _ = self
-                .access
-                .config_write(bdf, 0x04, Width::Word, cmd & !u32::from(CMD_MASTER));
-        }
-        self.disable_irqs(state);
-        state.config.virq_disabled = false;
-        let _ = self
-            .access
-            .config_write(bdf, 0x04, Width::Word, u32::from(CMD_INTX_DISABLE));
-        if state.reset_works {
-            let _ = self.access.reset(bdf, ResetMethod::Function);
-        }
-        let _ = state.config.restore_bars(&mut self.access, bdf);
-        let _ = self
-            .access
-            .config_write(bdf, 0x04, Width::Word, u32::from(state.saved_command));
-        self.access.restore_state(bdf);
-        state.irq = IrqState::new();
-        state.open = false;
+        self.do_close(state);
     }
 
     fn device_info(
@@ -1264,12 +1332,27 @@ impl<A: PciAccess, E: EventSink> BusDriver for PciDriver<A, E> {
     }
 
     fn request(&mut self, state: &mut Self::State, count: u32) {
-        match state.irq.req {
-            Some(ev) => self.events.signal(ev),
-            None if count == 0 => {
-                vfio_warn!("pci: device request with no REQ trigger; blocked until released")
-            }
-            None => {}
+        let signalled = state.table().request(&self.events);
+        if !signalled && count == 0 {
+            vfio_warn!("pci: device request with no REQ trigger; blocked until released");
+        }
+    }
+
+    fn ioctl(&mut self, state: &mut Self::State, request: u32, arg: &mut [u8]) -> Result<i64> {
+        self.ioctl_with_fds(state, request, arg, &reset::NoFds)
+    }
+
+    fn ioctl_with_fds(
+        &mut self,
+        state: &mut Self::State,
+        request: u32,
+        arg: &mut [u8],
+        fds: &dyn FdResolver,
+    ) -> Result<i64> {
+        match request {
+            ioctl::DEVICE_GET_PCI_HOT_RESET_INFO => self.hot_reset_info(state, arg).map(|()| 0),
+            ioctl::DEVICE_PCI_HOT_RESET => self.hot_reset(state, arg, fds).map(|()| 0),
+            _ => Err(Errno::ENOTTY),
         }
     }
 }

@@ -245,6 +245,14 @@ impl EventSink for MockEvents {
     fn signal(&self, event: u32) {
         self.signals.borrow_mut().push(event);
     }
+
+    fn event_token(&self, event: u32) -> Option<u32> {
+        Some(event)
+    }
+
+    fn token_event(&self, token: u32) -> Option<u32> {
+        Some(token)
+    }
 }
 
 type Driver = PciDriver<MockPci, MockEvents>;
@@ -926,26 +934,32 @@ fn bad_eventfd_fails_and_rolls_back_the_block() {
 }
 
 #[test]
-fn vectors_beyond_capacity_are_enospc_not_panics() {
+fn all_2048_msix_vectors_are_tracked() {
     let mut m = MockPci::standard();
     m.put16(0xB2, 0x07FF);
+    // A 2048-entry table (32 KiB at BAR0 + 0x2000) needs a 64 KiB BAR0.
+    m.bars[0].size = 0x10000;
     let (mut d, mut s) = open(m);
     assert_eq!(d.irq_info(&mut s, 2).unwrap().count, 2048);
     assert_eq!(
         d.set_irqs(&mut s, &req(EVENTFD_TRIGGER, 2, 2000, 1), &fds(&[1])),
-        Err(Errno::ENOSPC)
+        Ok(0)
     );
-    assert_eq!(s.irq_type(), IrqType::None);
-    let all = std::vec![-1i32; 2048];
+    assert!(d.msi_fired(&s, MsiKind::Msix, 2000));
+    assert!(!d.msi_fired(&s, MsiKind::Msix, 2048));
+    assert_eq!(d.set_irqs(&mut s, &req(NONE_TRIGGER, 2, 0, 0), &[]), Ok(0));
+    let mut all = std::vec![-1i32; 2048];
+    all[2047] = 9;
     assert_eq!(
         d.set_irqs(&mut s, &req(EVENTFD_TRIGGER, 2, 0, 2048), &fds(&all)),
         Ok(0)
     );
+    assert!(d.msi_fired(&s, MsiKind::Msix, 2047));
     assert_eq!(
         d.set_irqs(&mut s, &req(NONE_TRIGGER, 2, 0, 2048), &[]),
         Ok(0)
     );
-    assert!(!d.msi_fired(&s, MsiKind::Msix, 2047));
+    assert!(!d.msi_fired(&s, MsiKind::Msix, 0));
 }
 
 #[test]
@@ -994,12 +1008,19 @@ fn intx_enable_loopback_automask_and_unmask() {
     );
     assert_eq!(s.irq_type(), IrqType::Intx);
     assert_eq!(d.set_irqs(&mut s, &req(NONE_TRIGGER, 0, 0, 1), &[]), Ok(0));
+    assert!(
+        !d.intx_fired(&mut s),
+        "not asserting: not ours (shared line)"
+    );
+    d.access_mut().put16(0x06, 0x0008);
     assert!(d.intx_fired(&mut s));
     assert!(!d.intx_fired(&mut s), "automasked");
     assert_ne!(d.access().get16(0x04) & 0x0400, 0);
+    d.access_mut().put16(0x06, 0);
     let unmask = irq_set_flags::DATA_NONE | irq_set_flags::ACTION_UNMASK;
     assert_eq!(d.set_irqs(&mut s, &req(unmask, 0, 0, 1), &[]), Ok(0));
     assert_eq!(d.access().get16(0x04) & 0x0400, 0);
+    d.access_mut().put16(0x06, 0x0008);
     assert!(d.intx_fired(&mut s));
     assert_eq!(*d.events().signals.borrow(), std::vec![3, 3, 3]);
     let mask_fd = irq_set_flags::DATA_EVENTFD | irq_set_flags::ACTION_MASK;
@@ -1057,4 +1078,25 @@ fn probe_refuses_bridges_and_absent_functions() {
     assert!(d.probe(bdf()).is_ok(), "multi-function type-0 is fine");
     d.access_mut().cfg[0..2].copy_from_slice(&[0xFF, 0xFF]);
     assert_eq!(d.probe(bdf()).map(|_| ()), Err(Errno::ENODEV));
+}
+
+#[test]
+fn msix_table_outside_its_bar_is_refused_with_enomem() {
+    let mut m = MockPci::standard();
+    // 2048 entries at BAR0 + 0x2000 run past the mock's BAR0.
+    m.put16(0xB2, 0x07FF);
+    let (mut d, mut s) = open(m);
+    assert_eq!(
+        d.set_irqs(&mut s, &req(EVENTFD_TRIGGER, 2, 0, 1), &fds(&[1])),
+        Err(Errno::ENOMEM)
+    );
+    assert_eq!(s.irq_type(), IrqType::None);
+    // Table BIR naming BAR5, which the mock does not implement.
+    let mut m = MockPci::standard();
+    m.put32(0xB4, 0x2000 | 5);
+    let (mut d, mut s) = open(m);
+    assert_eq!(
+        d.set_irqs(&mut s, &req(EVENTFD_TRIGGER, 2, 0, 1), &fds(&[1])),
+        Err(Errno::ENOMEM)
+    );
 }

@@ -271,6 +271,26 @@ pub trait PciAccess: ErrorType {
     /// Frees every host vector of `dev` and disables MSI/MSI-X in hardware. Never fails.
     fn irq_vectors_free(&mut self, dev: Bdf);
 
+    /// Dynamic MSI-X (ERRATA 3): allocates host vector `vector` of an MSI-X block that is
+    /// already enabled with `allocated` vectors (`vector >= allocated`), leaving every
+    /// existing vector and its handler untouched. Errors (as an errno): `ENOSPC` when no
+    /// vector is left, or the platform's allocation error. Default: the block is freed and
+    /// re-allocated with `vector + 1` vectors (restoring `allocated` vectors on failure) —
+    /// correct, but it briefly disables MSI-X; platforms should override it.
+    fn irq_vector_add(&mut self, dev: Bdf, vector: u16, allocated: u16) -> Result<(), Errno> {
+        use crate::errno::Error as _;
+        self.irq_vectors_free(dev);
+        let want = vector.saturating_add(1);
+        let result = match self.irq_vectors_alloc(dev, MsiKind::Msix, want) {
+            Ok(n) if n >= want => return Ok(()),
+            Ok(_) => Errno::ENOSPC,
+            Err(e) => e.errno(),
+        };
+        self.irq_vectors_free(dev);
+        let _ = self.irq_vectors_alloc(dev, MsiKind::Msix, allocated.max(1));
+        Err(result)
+    }
+
     /// Facts about the function that config space cannot tell (spec/03 §1.2 fix-ups,
     /// spec/05 §2): SR-IOV VF identity, INTx wiring, PCI 2.3 INTx masking, VGA.
     /// Default: a plain physical function with a connected INTx line, PCI 2.3 masking
@@ -354,6 +374,99 @@ pub trait PciAccess: ErrorType {
     fn zap_mappings(&mut self, dev: Bdf) {
         let _ = dev;
     }
+
+    // ---- hot reset (spec/05 §8, §9) ----
+
+    /// The hot-reset scope of `dev` (spec/05 §8.1): `Some(Slot)` when its slot can be
+    /// reset, else `Some(Bus)` when its bus can (secondary bus reset), else `None` (both
+    /// hot-reset ioctls then fail `ENODEV`). Never `Some(Function)`.
+    /// Default: probes [`PciAccess::reset_supported`] for `Slot`, then `Bus`.
+    fn hot_reset_scope(&mut self, dev: Bdf) -> Option<ResetMethod> {
+        if self.reset_supported(dev, ResetMethod::Slot) {
+            Some(ResetMethod::Slot)
+        } else if self.reset_supported(dev, ResetMethod::Bus) {
+            Some(ResetMethod::Bus)
+        } else {
+            None
+        }
+    }
+
+    /// The `index`-th function (0-based, in bus/devfn order, `dev` itself included) that a
+    /// `scope` reset of `dev`'s slot or bus affects; `None` past the last one. The core
+    /// reads at most [`MAX_AFFECTED_FUNCTIONS`] entries. Default: `None` (no function
+    /// known: `GET_PCI_HOT_RESET_INFO` reports count 0 and `PCI_HOT_RESET` with any group
+    /// fd fails `EINVAL`).
+    fn hot_reset_affected(
+        &mut self,
+        dev: Bdf,
+        scope: ResetMethod,
+        index: usize,
+    ) -> Option<AffectedFunction> {
+        let _ = (dev, scope, index);
+        None
+    }
+
+    // ---- host INTx line (spec/04 §6, spec/05 §11) ----
+
+    /// Requests the function's host INTx line for the core's handler (spec/04 §6.1):
+    /// `shared` for PCI 2.3 functions (masking at the device), exclusive otherwise; the
+    /// line starts disabled when `masked`. From now on the platform calls the core's
+    /// INTx entry point whenever the line asserts while enabled. Errors: `ENODEV` without
+    /// a line, `EBUSY` when an exclusive request finds the line in use.
+    /// Default: success (a platform that delivers INTx by other means).
+    fn intx_request(&mut self, dev: Bdf, shared: bool, masked: bool) -> Result<(), Self::Error> {
+        let _ = (dev, shared, masked);
+        Ok(())
+    }
+
+    /// Frees the line requested by [`PciAccess::intx_request`]. Default: nothing.
+    fn intx_free(&mut self, dev: Bdf) {
+        let _ = dev;
+    }
+
+    /// Enables (`true`) or disables the host INTx line (non-blocking; spec/04 §6.2–§6.4,
+    /// non-PCI-2.3 functions). Default: nothing.
+    fn intx_line_enable(&mut self, dev: Bdf, enable: bool) {
+        let _ = (dev, enable);
+    }
+
+    /// PCI 2.3 check-and-unmask (spec/04 §6.3), atomic with respect to the interrupt:
+    /// if Status bit 3 (Interrupt Status, 0x0008) is set leave DisINTx set and return
+    /// `true` ("still pending"); else clear Command bit 10 (DisINTx) and return `false`.
+    /// Default: a read of Status then a read-modify-write of Command (atomic only when the
+    /// platform delivers INTx on the same thread).
+    fn intx_check_and_unmask(&mut self, dev: Bdf) -> Result<bool, Self::Error> {
+        let status = self.config_read(dev, 0x06, Width::Word)?;
+        if status & 0x0008 != 0 {
+            return Ok(true);
+        }
+        let cmd = self.config_read(dev, 0x04, Width::Word)?;
+        if cmd & 0x0400 != 0 {
+            self.config_write(dev, 0x04, Width::Word, cmd & !0x0400)?;
+        }
+        Ok(false)
+    }
+}
+
+/// Most functions the core reads from [`PciAccess::hot_reset_affected`] (a PCI bus holds
+/// 256 functions).
+pub const MAX_AFFECTED_FUNCTIONS: usize = 256;
+
+/// One function that a bus or slot reset affects (spec/05 §8.1, §8.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AffectedFunction {
+    /// The function's address.
+    pub bdf: Bdf,
+    /// Its IOMMU group; `None` when it has none (`EPERM`: non-isolated function).
+    pub group: Option<GroupId>,
+    /// Bound to a VFIO driver (part of the device set); a reset that would hit a function
+    /// bound to a host driver is refused (`EINVAL`).
+    pub vfio: bool,
+    /// Another function of the set currently open by a user (the embedder tracks this):
+    /// no release-time bus reset happens while one is (spec/05 §9). The function asked
+    /// about is never reported as open.
+    pub open: bool,
 }
 
 /// How the function's INTx pin is wired to the host (spec/03 §1.2 fix-up 4).
@@ -604,4 +717,23 @@ pub trait EventSink {
 
     /// Signals `event`. Callable from interrupt context: never blocks, never allocates.
     fn signal(&self, event: Self::Event);
+
+    /// Encodes `event` as a 32-bit token (any value but `u32::MAX`) so the core can keep
+    /// triggers in lock-free atomic tables read from interrupt context
+    /// ([`crate::pci::IrqTable`]). Must round-trip through [`EventSink::token_event`].
+    /// Default: `None` — the sink cannot be used for vfio-pci triggers (SET_IRQS naming
+    /// such an event fails `EINVAL`).
+    fn event_token(&self, event: Self::Event) -> Option<u32> {
+        let _ = event;
+        None
+    }
+
+    /// Decodes a token made by [`EventSink::event_token`]. Called from interrupt context:
+    /// must not block or allocate. A token whose event was released may still arrive
+    /// (a signal racing a trigger change); the sink must then drop it or signal the stale
+    /// event harmlessly. Default: `None`.
+    fn token_event(&self, token: u32) -> Option<Self::Event> {
+        let _ = token;
+        None
+    }
 }

@@ -1021,6 +1021,15 @@ impl<'a> Mappings<'a> {
     }
 }
 
+/// Consuming the view yields the mappings in ascending IOVA order.
+impl Iterator for Mappings<'_> {
+    type Item = Mapping;
+
+    fn next(&mut self) -> Option<Mapping> {
+        self.0.next()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! Source: spec/01-core.md §2–§3, §7; spec/02-type1.md §6–§10; spec/04-pci-irq.md §1;
 //! spec/05-pci-device.md §1. Every structure is little-endian, naturally aligned, and
 //! starts with `u32 argsz` and `u32 flags`. Layouts are checked against the spec's byte
-//! offsets by the unit tests below.
+//! offsets by compile-time assertions at the end of this file.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -393,36 +393,91 @@ pub struct Bitmap {
     pub data: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use core::mem::{offset_of, size_of};
+// Layouts, checked at compile time against the spec's byte offsets (spec/01-core.md §7,
+// spec/02-type1.md §6–§10): a mismatch stops the build instead of failing a test.
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<GroupStatus>() == 8);
+    assert!(offset_of!(GroupStatus, argsz) == 0);
+    assert!(offset_of!(GroupStatus, flags) == 4);
 
-    #[test]
-    fn ioctl_numbers_match_the_spec_table() {
-        assert_eq!(ioctl::GET_API_VERSION, 0x3b64);
-        assert_eq!(ioctl::GROUP_GET_DEVICE_FD, 0x3b6a);
-        assert_eq!(ioctl::DEVICE_RESET, 0x3b6f);
-        assert_eq!(ioctl::IOMMU_UNMAP_DMA, 0x3b72);
-        assert_eq!(ioctl::IOMMU_DIRTY_PAGES, 0x3b75);
-    }
+    assert!(size_of::<InfoCapHeader>() == 8);
+    assert!(offset_of!(InfoCapHeader, id) == 0);
+    assert!(offset_of!(InfoCapHeader, version) == 2);
+    assert!(offset_of!(InfoCapHeader, next) == 4);
 
-    #[test]
-    fn structure_layouts_match_the_spec() {
-        assert_eq!(size_of::<GroupStatus>(), 8);
-        assert_eq!(size_of::<InfoCapHeader>(), 8);
-        assert_eq!(size_of::<DeviceInfo>(), 24);
-        assert_eq!(offset_of!(DeviceInfo, cap_offset), 16);
-        assert_eq!(size_of::<RegionInfo>(), 32);
-        assert_eq!(offset_of!(RegionInfo, size), 16);
-        assert_eq!(offset_of!(RegionInfo, offset), 24);
-        assert_eq!(size_of::<IrqInfo>(), 16);
-        assert_eq!(size_of::<IrqSet>(), 20);
-        assert_eq!(size_of::<Type1Info>(), 24);
-        assert_eq!(offset_of!(Type1Info, cap_offset), 16);
-        assert_eq!(size_of::<DmaMap>(), 32);
-        assert_eq!(offset_of!(DmaMap, size), 24);
-        assert_eq!(size_of::<DmaUnmap>(), 24);
-        assert_eq!(size_of::<Bitmap>(), 24);
-    }
-}
+    assert!(size_of::<DeviceInfo>() == 24);
+    assert!(offset_of!(DeviceInfo, argsz) == 0);
+    assert!(offset_of!(DeviceInfo, flags) == 4);
+    assert!(offset_of!(DeviceInfo, num_regions) == 8);
+    assert!(offset_of!(DeviceInfo, num_irqs) == 12);
+    assert!(offset_of!(DeviceInfo, cap_offset) == 16);
+    assert!(offset_of!(DeviceInfo, pad) == 20);
+
+    assert!(size_of::<RegionInfo>() == 32);
+    assert!(align_of::<RegionInfo>() == 8);
+    assert!(offset_of!(RegionInfo, argsz) == 0);
+    assert!(offset_of!(RegionInfo, flags) == 4);
+    assert!(offset_of!(RegionInfo, index) == 8);
+    assert!(offset_of!(RegionInfo, cap_offset) == 12);
+    assert!(offset_of!(RegionInfo, size) == 16);
+    assert!(offset_of!(RegionInfo, offset) == 24);
+
+    assert!(size_of::<IrqInfo>() == 16);
+    assert!(offset_of!(IrqInfo, argsz) == 0);
+    assert!(offset_of!(IrqInfo, flags) == 4);
+    assert!(offset_of!(IrqInfo, index) == 8);
+    assert!(offset_of!(IrqInfo, count) == 12);
+
+    assert!(size_of::<IrqSet>() == 20);
+    assert!(offset_of!(IrqSet, argsz) == 0);
+    assert!(offset_of!(IrqSet, flags) == 4);
+    assert!(offset_of!(IrqSet, index) == 8);
+    assert!(offset_of!(IrqSet, start) == 12);
+    assert!(offset_of!(IrqSet, count) == 16);
+
+    assert!(size_of::<Type1Info>() == 24);
+    assert!(align_of::<Type1Info>() == 8);
+    assert!(offset_of!(Type1Info, argsz) == 0);
+    assert!(offset_of!(Type1Info, flags) == 4);
+    assert!(offset_of!(Type1Info, iova_pgsizes) == 8);
+    assert!(offset_of!(Type1Info, cap_offset) == 16);
+    assert!(offset_of!(Type1Info, pad) == 20);
+
+    assert!(size_of::<DmaMap>() == 32);
+    assert!(offset_of!(DmaMap, argsz) == 0);
+    assert!(offset_of!(DmaMap, flags) == 4);
+    assert!(offset_of!(DmaMap, vaddr) == 8);
+    assert!(offset_of!(DmaMap, iova) == 16);
+    assert!(offset_of!(DmaMap, size) == 24);
+
+    assert!(size_of::<DmaUnmap>() == 24);
+    assert!(offset_of!(DmaUnmap, argsz) == 0);
+    assert!(offset_of!(DmaUnmap, flags) == 4);
+    assert!(offset_of!(DmaUnmap, iova) == 8);
+    assert!(offset_of!(DmaUnmap, size) == 16);
+
+    assert!(size_of::<Bitmap>() == 24);
+    assert!(offset_of!(Bitmap, pgsize) == 0);
+    assert!(offset_of!(Bitmap, size) == 8);
+    assert!(offset_of!(Bitmap, data) == 16);
+
+    // Request numbers (spec/01-core.md §2).
+    assert!(ioctl::GET_API_VERSION == 0x3b64);
+    assert!(ioctl::CHECK_EXTENSION == 0x3b65);
+    assert!(ioctl::SET_IOMMU == 0x3b66);
+    assert!(ioctl::GROUP_GET_STATUS == 0x3b67);
+    assert!(ioctl::GROUP_SET_CONTAINER == 0x3b68);
+    assert!(ioctl::GROUP_UNSET_CONTAINER == 0x3b69);
+    assert!(ioctl::GROUP_GET_DEVICE_FD == 0x3b6a);
+    assert!(ioctl::DEVICE_GET_INFO == 0x3b6b);
+    assert!(ioctl::DEVICE_GET_REGION_INFO == 0x3b6c);
+    assert!(ioctl::DEVICE_GET_IRQ_INFO == 0x3b6d);
+    assert!(ioctl::DEVICE_SET_IRQS == 0x3b6e);
+    assert!(ioctl::DEVICE_RESET == 0x3b6f);
+    assert!(ioctl::IOMMU_GET_INFO == 0x3b70);
+    assert!(ioctl::IOMMU_MAP_DMA == 0x3b71);
+    assert!(ioctl::IOMMU_UNMAP_DMA == 0x3b72);
+    assert!(ioctl::DEVICE_IOEVENTFD == 0x3b74);
+    assert!(ioctl::IOMMU_DIRTY_PAGES == 0x3b75);
+};

@@ -172,6 +172,25 @@ impl<'a> CapChain<'a> {
     }
 }
 
+/// What a descriptor number handed to a device ioctl refers to (spec/05 §8.3 step 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FdTarget {
+    /// Not an open file of the caller (`EBADF`).
+    NotOpen,
+    /// An open VFIO group file of IOMMU group `.0`, held by the caller (ownership proof).
+    Group(crate::platform::GroupId),
+    /// Some other open file (container, device, eventfd: `EINVAL` where a group is
+    /// needed).
+    Other,
+}
+
+/// The registry's answer to "what is descriptor `fd`?" for one device ioctl.
+pub trait FdResolver {
+    /// What `fd` refers to in the caller's file table.
+    fn resolve_fd(&self, fd: i32) -> FdTarget;
+}
+
 /// A VFIO bus driver: the device-specific half of every device operation.
 ///
 /// All methods receive the device's own [`BusDriver::State`]. The registry guarantees:
@@ -239,6 +258,21 @@ pub trait BusDriver {
     fn ioctl(&mut self, state: &mut Self::State, request: u32, arg: &mut [u8]) -> Result<i64> {
         let _ = (state, request, arg);
         Err(Errno::ENOTTY)
+    }
+
+    /// Any other device ioctl, with `fds` answering what the descriptors named in `arg`
+    /// are (vfio-pci's `PCI_HOT_RESET` needs group-fd ownership proof, spec/05 §8.3).
+    /// The registry calls this ([`super::Vfio::device_ioctl_with_fds`]); `fds` only
+    /// answers for the duration of the call. Default: [`BusDriver::ioctl`].
+    fn ioctl_with_fds(
+        &mut self,
+        state: &mut Self::State,
+        request: u32,
+        arg: &mut [u8],
+        fds: &dyn FdResolver,
+    ) -> Result<i64> {
+        let _ = fds;
+        self.ioctl(state, request, arg)
     }
 }
 

@@ -15,7 +15,8 @@ pub mod driver;
 use heapless::{String, Vec};
 
 pub use driver::{
-    validate_irq_set, BusDriver, CapChain, DeviceInfo, IrqInfo, IrqSetRequest, RegionInfo,
+    validate_irq_set, BusDriver, CapChain, DeviceInfo, FdResolver, FdTarget, IrqInfo,
+    IrqSetRequest, RegionInfo,
 };
 
 use crate::errno::{Errno, Error as _, Result};
@@ -285,6 +286,33 @@ impl<
             .field("driver", &self.driver)
             .field("now_ms", &self.now_ms)
             .finish_non_exhaustive()
+    }
+}
+
+/// The registry's file table seen by [`driver::FdResolver`]: a group file held open by
+/// the user names its IOMMU group.
+struct FileView<'a> {
+    files: &'a [FileSlot],
+    groups: &'a [GroupSlot],
+}
+
+impl driver::FdResolver for FileView<'_> {
+    fn resolve_fd(&self, fd: i32) -> driver::FdTarget {
+        let Some((slot, generation)) = Fd(fd).split() else {
+            return driver::FdTarget::NotOpen;
+        };
+        match self.files.get(slot) {
+            Some(f) if f.generation == generation && f.object != FileObject::Free => {
+                match f.object {
+                    FileObject::Group(g) => match self.groups.get(g as usize) {
+                        Some(gs) if gs.in_use && gs.user_open => driver::FdTarget::Group(gs.id),
+                        _ => driver::FdTarget::Other,
+                    },
+                    _ => driver::FdTarget::Other,
+                }
+            }
+            _ => driver::FdTarget::NotOpen,
+        }
     }
 }
 
@@ -886,6 +914,22 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         let d = self.device_of(fd)?;
         let state = self.devices[d].state.as_mut().ok_or(Errno::ENODEV)?;
         f(&mut self.driver, state)
+    }
+
+    /// A device ioctl the registry does not handle itself (vfio-pci: hot reset, spec/05
+    /// §8), passed to [`BusDriver::ioctl_with_fds`] together with the registry's view of
+    /// the caller's files, so that group descriptors can prove ownership.
+    ///
+    /// # Errors
+    /// `EBADF`; `EBADFD` when `fd` is not a device file; the bus driver's errors.
+    pub fn device_ioctl_with_fds(&mut self, fd: Fd, request: u32, arg: &mut [u8]) -> Result<i64> {
+        let d = self.device_of(fd)?;
+        let view = FileView {
+            files: self.files,
+            groups: self.groups,
+        };
+        let state = self.devices[d].state.as_mut().ok_or(Errno::ENODEV)?;
+        self.driver.ioctl_with_fds(state, request, arg, &view)
     }
 
     /// The bus driver and the state of registered device `dev` (for interrupt delivery and

@@ -144,6 +144,26 @@ impl BusDriver for MockDriver {
         Err(Errno::EINVAL)
     }
     fn request(&mut self, _state: &mut u32, _count: u32) {}
+
+    /// Test hook: request 0x3b71 resolves the s32 descriptor in `arg` and encodes the
+    /// answer (group id + 100, 1 for another file, 0 for not open).
+    fn ioctl_with_fds(
+        &mut self,
+        _state: &mut u32,
+        request: u32,
+        arg: &mut [u8],
+        fds: &dyn driver::FdResolver,
+    ) -> Result<i64> {
+        if request != 0x3b71 {
+            return Err(Errno::ENOTTY);
+        }
+        let raw = i32::from_le_bytes([arg[0], arg[1], arg[2], arg[3]]);
+        Ok(match fds.resolve_fd(raw) {
+            driver::FdTarget::Group(id) => 100 + i64::from(id),
+            driver::FdTarget::Other => 1,
+            driver::FdTarget::NotOpen => 0,
+        })
+    }
 }
 
 macro_rules! registry {
@@ -291,4 +311,39 @@ fn device_ids_go_stale_after_unregistration() {
     assert_ne!(dev, again);
     assert_eq!(vfio.device_registration(dev), None);
     assert_eq!(vfio.open_group(1).map(|_| ()), Ok(()));
+}
+
+#[test]
+fn device_ioctls_see_the_callers_group_files_for_ownership_proof() {
+    registry!(vfio, files = 8);
+    vfio.register_device("0000:01:00.0", 1, 0).unwrap();
+    let (c, g) = attach(&mut vfio, 1);
+    let d = vfio.group_get_device_fd(g, b"0000:01:00.0\0").unwrap();
+    let ask = |vfio: &mut Vfio<'_, MockIommu, MockMemory, MockDriver>, fd: i32| {
+        let mut arg = fd.to_le_bytes();
+        vfio.ioctl(d, 0x3b71, Arg::Buffer(&mut arg))
+    };
+    assert_eq!(
+        ask(&mut vfio, g.raw()),
+        Ok(101),
+        "an open group file proves group 1"
+    );
+    assert_eq!(
+        ask(&mut vfio, c.raw()),
+        Ok(1),
+        "a container is another file"
+    );
+    assert_eq!(
+        ask(&mut vfio, d.raw()),
+        Ok(1),
+        "a device file is another file"
+    );
+    assert_eq!(ask(&mut vfio, -1), Ok(0));
+    vfio.close(g).unwrap();
+    assert_eq!(
+        ask(&mut vfio, g.raw()),
+        Ok(0),
+        "a closed group file proves nothing"
+    );
+    assert_eq!(vfio.ioctl(d, 0x3b7f, Arg::None), Err(Errno::ENOTTY));
 }

@@ -132,4 +132,13 @@ impl EventSink for SimEvents {
     fn signal(&self, event: SimEvent) {
         self.signal_fd(event.fd);
     }
+
+    /// The token is the descriptor number (never `u32::MAX`: descriptors are positive).
+    fn event_token(&self, event: SimEvent) -> Option<u32> {
+        u32::try_from(event.fd).ok()
+    }
+
+    fn token_event(&self, token: u32) -> Option<SimEvent> {
+        i32::try_from(token).ok().map(|fd| SimEvent { fd })
+    }
 }
