@@ -104,6 +104,9 @@ pub struct Type1 {
     v2: bool,
     config: Type1Config,
     domains: Vec<Domain, MAX_DOMAINS>,
+    /// The ids of `domains`, in the same order (kept in step so that every MAP and UNMAP
+    /// borrows them instead of collecting them).
+    ids: Vec<DomainId, MAX_DOMAINS>,
     emulated: Vec<GroupId, MAX_GROUPS>,
     dma_avail: u32,
     pgsize_bitmap: u64,
@@ -151,6 +154,7 @@ impl Type1 {
             v2,
             config,
             domains: Vec::new(),
+            ids: Vec::new(),
             emulated: Vec::new(),
             dma_avail: config.dma_entry_limit,
             pgsize_bitmap: !page_size.wrapping_sub(1),
@@ -227,8 +231,13 @@ impl Type1 {
         self.emulated.contains(&group) || self.domains.iter().any(|d| d.groups.contains(&group))
     }
 
-    fn domain_ids(&self) -> Vec<DomainId, MAX_DOMAINS> {
-        self.domains.iter().map(|d| d.info.id).collect()
+    fn domain_ids(&self) -> &[DomainId] {
+        &self.ids
+    }
+
+    /// Refreshes `ids` after `domains` changed.
+    fn sync_ids(&mut self) {
+        self.ids = self.domains.iter().map(|d| d.info.id).collect();
     }
 
     fn recompute_pgsize(&mut self, page_size: u64) {
@@ -333,6 +342,7 @@ impl Type1 {
                 groups,
             },
         );
+        self.sync_ids();
         self.recompute_pgsize(memory.page_size());
         self.iova_list = list;
         Ok(())
@@ -458,6 +468,7 @@ impl Type1 {
                 }
             }
             self.domains.remove(index);
+            self.sync_ids();
             iommu.domain_free(domain_id);
             self.recompute_pgsize(page);
             let lo = self
@@ -495,6 +506,7 @@ impl Type1 {
             iommu.domain_free(domain.info.id);
         }
         self.domains.clear();
+        self.ids.clear();
         self.iova_list.clear();
     }
 
@@ -512,7 +524,7 @@ impl Type1 {
         let mut invalid: u32 = 0;
         map.drain(|entry| {
             if entry.iommu_mapped {
-                unmap_and_unpin(iommu, memory, &ids, entry.iova, entry.size, page);
+                unmap_and_unpin(iommu, memory, ids, entry.iova, entry.size, page);
             }
             memory.charge(-to_i64(entry.locked_pages));
             total = total.wrapping_add(entry.size);
@@ -536,12 +548,22 @@ impl Type1 {
         if map.remove(entry.iova).is_none() {
             return;
         }
+        self.release_entry(iommu, memory, entry);
+    }
+
+    /// The accounting of [`Type1::remove_entry`] once `entry` is out of the map.
+    fn release_entry<I: Iommu, M: HostMemory>(
+        &mut self,
+        iommu: &mut I,
+        memory: &mut M,
+        entry: &Mapping,
+    ) {
         if entry.iommu_mapped {
             let ids = self.domain_ids();
             unmap_and_unpin(
                 iommu,
                 memory,
-                &ids,
+                ids,
                 entry.iova,
                 entry.size,
                 memory.page_size(),
@@ -629,9 +651,8 @@ impl Type1 {
         if (request.size | request.iova | request.vaddr) & mask != 0 {
             return Err(Errno::EINVAL);
         }
-        let found = map.first_overlapping(range);
         if vaddr_update {
-            let id = found.ok_or(Errno::ENOENT)?;
+            let id = map.first_overlapping(range).ok_or(Errno::ENOENT)?;
             let mut entry = map.get(id).ok_or(Errno::ENOENT)?;
             if !entry.vaddr_invalid || entry.iova != request.iova || entry.size != request.size {
                 return Err(Errno::EINVAL);
@@ -642,7 +663,10 @@ impl Type1 {
             self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
             return Ok(());
         }
-        if found.is_some() {
+        // One descent finds both the overlap (EEXIST) and the insertion point, which
+        // stays valid below: nothing until `insert_at` changes the map.
+        let mut vacancy = dma_map::Vacancy::new();
+        if !map.vacancy(range, &mut vacancy) {
             return Err(Errno::EEXIST);
         }
         if self.dma_avail == 0 {
@@ -669,13 +693,13 @@ impl Type1 {
         map.set_page_size(page);
         if !self.domains.is_empty() {
             let ids = self.domain_ids();
-            entry.locked_pages = pin_and_map(iommu, memory, &ids, &entry, page)?;
+            entry.locked_pages = pin_and_map(iommu, memory, ids, &entry, page)?;
             entry.iommu_mapped = true;
         }
-        if let Err(e) = map.insert(entry) {
+        if let Err(e) = map.insert_at(&vacancy, &entry) {
             if entry.iommu_mapped {
                 let ids = self.domain_ids();
-                unmap_and_unpin(iommu, memory, &ids, entry.iova, entry.size, page);
+                unmap_and_unpin(iommu, memory, ids, entry.iova, entry.size, page);
                 memory.charge(-to_i64(entry.locked_pages));
             }
             return Err(e);
@@ -732,6 +756,15 @@ impl Type1 {
             }
         } else {
             bitmap = None;
+        }
+        // Fast path: a v1 or v2 UNMAP of exactly one whole entry (the usual case) passes
+        // every check below and removes just that entry; one descent finds and removes it.
+        // The range ending at 2^64 − 1 is left to the general path (era-specific rules).
+        if !all && !vaddr && bitmap.is_none() && range.last != u64::MAX {
+            if let Some(entry) = map.remove_exact(range) {
+                self.release_entry(iommu, memory, &entry);
+                return Ok(entry.size);
+            }
         }
         let first = map.first_overlapping(range);
         let first_entry = first.and_then(|id| map.get(id));
