@@ -133,6 +133,48 @@ impl fmt::Display for CaseReport {
     }
 }
 
+/// Which way the runner drives the system under test.
+///
+/// * `Abi`: the byte-level dispatcher (`Vfio::ioctl`; for cases-pci.toml, the registry
+///   with the mock PCI function registered), through [`Options::builder`].
+/// * `Typed`: the typed API, through [`Options::typed_builder`] (for cases-pci.toml, the
+///   `PciDriver` called directly with the harness's own argsz/capability rules).
+/// * `Both`: every case runs through both; it passes only when both paths pass and every
+///   observation (each machine call's result and written-back bytes, each step's
+///   outcome) is identical.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DispatchPath {
+    /// The byte-level ABI dispatcher (the default).
+    #[default]
+    Abi,
+    /// The typed API.
+    Typed,
+    /// Both, compared observation by observation.
+    Both,
+}
+
+impl DispatchPath {
+    /// Parses `abi`, `typed` or `both`.
+    pub fn parse(text: &str) -> Option<DispatchPath> {
+        match text {
+            "abi" => Some(DispatchPath::Abi),
+            "typed" => Some(DispatchPath::Typed),
+            "both" => Some(DispatchPath::Both),
+            _ => None,
+        }
+    }
+
+    /// Whether the ABI path runs.
+    pub fn abi(self) -> bool {
+        self != DispatchPath::Typed
+    }
+
+    /// Whether the typed path runs.
+    pub fn typed(self) -> bool {
+        self != DispatchPath::Abi
+    }
+}
+
 /// Runner options.
 #[derive(Default)]
 pub struct Options<'a> {
@@ -140,8 +182,14 @@ pub struct Options<'a> {
     pub only: Option<String>,
     /// Skip cases that `require` emulated-IOMMU groups.
     pub no_emulated: bool,
-    /// Builds the system under test; `None` fails every case that needs one.
+    /// Builds the system under test for the ABI path; `None` fails every case that needs
+    /// one on that path.
     pub builder: Option<&'a MachineBuilder>,
+    /// Builds the system under test for the typed path; `None` fails every case that needs
+    /// one on that path.
+    pub typed_builder: Option<&'a MachineBuilder>,
+    /// Which path(s) to run (default: the ABI path alone).
+    pub path: DispatchPath,
 }
 
 impl fmt::Debug for Options<'_> {
@@ -150,8 +198,53 @@ impl fmt::Debug for Options<'_> {
             .field("only", &self.only)
             .field("no_emulated", &self.no_emulated)
             .field("builder", &self.builder.is_some())
+            .field("typed_builder", &self.typed_builder.is_some())
+            .field("path", &self.path)
             .finish()
     }
+}
+
+/// Combines the verdicts and observation logs of the paths a case ran through: a case
+/// passes only when every path passed and all logs are identical.
+pub fn combine_paths(runs: Vec<(&str, Verdict, Vec<String>)>) -> Verdict {
+    let fails: Vec<String> = runs
+        .iter()
+        .filter_map(|(name, v, _)| match v {
+            Verdict::Fail(m) => Some(format!("{name} path: {m}")),
+            _ => None,
+        })
+        .collect();
+    if !fails.is_empty() {
+        return Verdict::Fail(fails.join("; "));
+    }
+    if let Some((_, Verdict::Skip(m), _)) = runs.iter().find(|(_, v, _)| matches!(v, Verdict::Skip(_))) {
+        return Verdict::Skip(m.clone());
+    }
+    let Some((first, _, base)) = runs.first() else {
+        return Verdict::Fail("no path ran".to_string());
+    };
+    for (name, _, log) in &runs[1..] {
+        if let Some(msg) = first_difference(first, base, name, log) {
+            return Verdict::Fail(msg);
+        }
+    }
+    Verdict::Pass
+}
+
+fn first_difference(a_name: &str, a: &[String], b_name: &str, b: &[String]) -> Option<String> {
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (a.get(i), b.get(i));
+        if x != y {
+            let show = |o: Option<&String>| o.map_or("(nothing)".to_string(), Clone::clone);
+            return Some(format!(
+                "paths disagree at observation #{}: {a_name} `{}` / {b_name} `{}`",
+                i + 1,
+                show(x),
+                show(y)
+            ));
+        }
+    }
+    None
 }
 
 /// Result of running one file: the case reports, or an error that prevented running any
@@ -284,18 +377,56 @@ fn run_case(spec: &FixtureSpec, case: &toml::Table, opts: &Options<'_>) -> Verdi
             return Verdict::Fail(format!("unknown case key `{known}`"));
         }
     }
-    let iommu = FixtureIommu::new(spec);
-    let memory = FixtureMemory::new(spec, &env);
     let needs_machine =
         !start_steps.is_empty() || steps.iter().any(|s| !is_pure_op(step_op(s).unwrap_or("")));
+    let run_on = |builder: Option<&MachineBuilder>| -> (Verdict, Vec<String>) {
+        run_machine(spec, &env, start, &start_steps, &steps, needs_machine, builder)
+    };
+    if !needs_machine {
+        return run_on(None).0;
+    }
+    let mut runs = Vec::new();
+    if opts.path.abi() {
+        let (v, log) = run_on(opts.builder);
+        runs.push(("abi", v, log));
+    }
+    if opts.path.typed() {
+        let (v, log) = run_on(opts.typed_builder);
+        runs.push(("typed", v, log));
+    }
+    if runs.len() == 1 {
+        return runs.remove(0).1;
+    }
+    combine_paths(runs)
+}
+
+/// Runs one case on a fresh fixture through `builder`'s machine; returns the verdict and
+/// the observation log.
+fn run_machine(
+    spec: &FixtureSpec,
+    env: &Env,
+    start: &str,
+    start_steps: &[toml::Table],
+    steps: &[&toml::Table],
+    needs_machine: bool,
+    builder: Option<&MachineBuilder>,
+) -> (Verdict, Vec<String>) {
+    let iommu = FixtureIommu::new(spec);
+    let memory = FixtureMemory::new(spec, env);
+    let mut log = Vec::new();
     let mut body = |machine: &mut dyn Machine| {
         let mut ctx = Ctx {
-            machine,
+            machine: Recorder {
+                inner: machine,
+                log: &mut log,
+                at: String::new(),
+            },
             iommu: iommu.clone(),
             memory: memory.clone(),
             handles: BTreeMap::new(),
         };
         for (n, step) in start_steps.iter().enumerate() {
+            ctx.machine.at = format!("start {} {}", n + 1, step_op(step).unwrap_or("?"));
             if let Err(e) = ctx.step(step) {
                 return Verdict::Fail(format!(
                     "start \"{start}\" step {} {}: {e}",
@@ -305,6 +436,7 @@ fn run_case(spec: &FixtureSpec, case: &toml::Table, opts: &Options<'_>) -> Verdi
             }
         }
         for (n, step) in steps.iter().enumerate() {
+            ctx.machine.at = format!("step {} {}", n + 1, step_op(step).unwrap_or("?"));
             if let Err(e) = ctx.step(step) {
                 return Verdict::Fail(format!(
                     "step {} {}: {e}",
@@ -315,23 +447,125 @@ fn run_case(spec: &FixtureSpec, case: &toml::Table, opts: &Options<'_>) -> Verdi
         }
         Verdict::Pass
     };
-    if !needs_machine {
-        return body(&mut NoMachine);
-    }
-    match opts.builder {
-        None => Verdict::Fail("no system under test: the registry is not available".to_string()),
-        Some(builder) => {
-            let setup = Setup {
-                spec,
-                env: &env,
-                iommu: iommu.clone(),
-                memory: memory.clone(),
-            };
-            match builder(&setup, &mut body) {
-                Ok(v) => v,
-                Err(e) => Verdict::Fail(format!("cannot build the machine: {e}")),
+    let verdict = if !needs_machine {
+        body(&mut NoMachine)
+    } else {
+        match builder {
+            None => {
+                Verdict::Fail("no system under test: the registry is not available".to_string())
+            }
+            Some(builder) => {
+                let setup = Setup {
+                    spec,
+                    env,
+                    iommu: iommu.clone(),
+                    memory: memory.clone(),
+                };
+                match builder(&setup, &mut body) {
+                    Ok(v) => v,
+                    Err(e) => Verdict::Fail(format!("cannot build the machine: {e}")),
+                }
             }
         }
+    };
+    (verdict, log)
+}
+
+/// Wraps the machine under test and logs every call with its result (and, for ioctls,
+/// the bytes written back), so that two paths can be compared observation by observation.
+struct Recorder<'m> {
+    inner: &'m mut dyn Machine,
+    log: &'m mut Vec<String>,
+    /// The step being performed (prefix of every log line).
+    at: String,
+}
+
+impl Recorder<'_> {
+    fn note(&mut self, what: String) {
+        self.log.push(format!("{}: {what}", self.at));
+    }
+}
+
+/// A compact rendering of a buffer: its length, up to 96 leading bytes in hex and an
+/// FNV-1a digest of all of it.
+fn digest(buf: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in buf {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let head: String = buf.iter().take(96).map(|b| format!("{b:02x}")).collect();
+    format!("{} bytes [{head}] #{h:016x}", buf.len())
+}
+
+fn show<T: fmt::Debug>(r: &Result<T>) -> String {
+    match r {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => e.name().to_string(),
+    }
+}
+
+impl Machine for Recorder<'_> {
+    fn open_container(&mut self) -> Result<i32> {
+        let r = self.inner.open_container();
+        self.note(format!("open_container -> {}", show(&r)));
+        r
+    }
+    fn open_group(&mut self, group: GroupId) -> Result<i32> {
+        let r = self.inner.open_group(group);
+        self.note(format!("open_group({group}) -> {}", show(&r)));
+        r
+    }
+    fn close(&mut self, fd: i32) -> Result<()> {
+        let r = self.inner.close(fd);
+        self.note(format!("close({fd}) -> {}", show(&r)));
+        r
+    }
+    fn ioctl(&mut self, fd: i32, request: u32, arg: IoctlArg<'_>) -> Result<i64> {
+        match arg {
+            IoctlArg::Buffer(buf) => {
+                let before = digest(buf);
+                let r = self.inner.ioctl(fd, request, IoctlArg::Buffer(buf));
+                let after = digest(buf);
+                self.note(format!(
+                    "ioctl({fd}, {request:#x}, in {before}) -> {}, out {after}",
+                    show(&r)
+                ));
+                r
+            }
+            other => {
+                let shown = format!("{other:?}");
+                let r = self.inner.ioctl(fd, request, other);
+                self.note(format!("ioctl({fd}, {request:#x}, {shown}) -> {}", show(&r)));
+                r
+            }
+        }
+    }
+    fn unregister_device(&mut self, name: &str) -> Result<()> {
+        let r = self.inner.unregister_device(name);
+        self.note(format!("unregister_device({name}) -> {}", show(&r)));
+        r
+    }
+    fn advance_time(&mut self, ms: u64) {
+        self.inner.advance_time(ms);
+        self.note(format!("advance_time({ms})"));
+    }
+    fn unregister_status(&self, name: &str) -> Option<(bool, u32)> {
+        self.inner.unregister_status(name)
+    }
+    fn device_stats(&self, name: &str) -> Option<(u32, u32, u32)> {
+        self.inner.device_stats(name)
+    }
+    fn container_mappings(&self, fd: i32) -> Result<Vec<(u64, u64)>> {
+        self.inner.container_mappings(fd)
+    }
+    fn container_domain_count(&self, fd: i32) -> Result<usize> {
+        self.inner.container_domain_count(fd)
+    }
+    fn invalid_vaddr_iovas(&self, fd: i32) -> Result<Vec<u64>> {
+        self.inner.invalid_vaddr_iovas(fd)
+    }
+    fn group_domain(&self, group: GroupId) -> Option<DomainId> {
+        self.inner.group_domain(group)
     }
 }
 
@@ -669,7 +903,7 @@ impl Done {
 }
 
 struct Ctx<'m> {
-    machine: &'m mut dyn Machine,
+    machine: Recorder<'m>,
     iommu: FixtureIommu,
     memory: FixtureMemory,
     handles: BTreeMap<String, i32>,
@@ -781,6 +1015,9 @@ impl Ctx<'_> {
             used: Vec::new(),
         };
         let done = self.perform(op, &mut ops)?;
+        let fields = Obs::Map(done.fields.clone());
+        let outcome = errno_or_ret(&done.result);
+        self.machine.note(format!("{op} {outcome} {fields}"));
         if let Some(k) = ops.unused() {
             return Err(format!("unknown operand `{k}` for {op}"));
         }

@@ -6,11 +6,16 @@
 //! vfio-pci driver and the mock platform of `vfio_tests::pci_mock`; every case of them
 //! must pass except the hot-reset cases, which need group/device-set plumbing the core
 //! does not have yet (report-only).
+//!
+//! Every file runs three times: through the byte-level dispatcher (`abi`), through the
+//! typed API (`typed`) and through both at once (`both`: a case passes only when both
+//! paths pass and every observation of the two runs is identical). Every case that must
+//! pass must pass on each of the three.
 
 use std::path::{Path, PathBuf};
 
-use vfio_tests::registry::registry_builder;
-use vfio_tests::runner::{run_path, CaseReport, Options, Totals, Verdict};
+use vfio_tests::registry::{registry_builder, typed_registry_builder};
+use vfio_tests::runner::{run_path, CaseReport, DispatchPath, Options, Totals, Verdict};
 
 /// Case-id prefixes that must all pass.
 const MUST_PASS: &[&str] = &[
@@ -57,8 +62,7 @@ fn has_prefix(r: &CaseReport, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|p| r.label().starts_with(p))
 }
 
-#[test]
-fn spec_cases() {
+fn run_all(path: DispatchPath) -> Vec<CaseReport> {
     let files = case_files();
     assert!(
         files.iter().any(|f| f.ends_with("cases-core-type1.toml")),
@@ -66,22 +70,33 @@ fn spec_cases() {
     );
     let opts = Options {
         builder: Some(&registry_builder),
+        typed_builder: Some(&typed_registry_builder),
+        path,
         ..Options::default()
     };
     let mut all = Vec::new();
     for f in &files {
         let reports = run_path(f, &opts).unwrap_or_else(|e| panic!("{e}"));
         for r in &reports {
-            println!("{r}");
+            println!("[{path:?}] {r}");
         }
+        println!(
+            "[{path:?}] {}: {}",
+            f.file_name().unwrap_or_default().to_string_lossy(),
+            Totals::of(&reports)
+        );
         all.extend(reports);
     }
-    println!("{}", Totals::of(&all));
+    println!("[{path:?}] {}", Totals::of(&all));
+    all
+}
 
+fn check(path: DispatchPath) {
+    let all = run_all(path);
     for prefixes in [MUST_PASS, REPORT_ONLY] {
         for p in prefixes {
             let t = Totals::of(all.iter().filter(|r| r.label().starts_with(p)));
-            println!("{p}*: {t}");
+            println!("[{path:?}] {p}*: {t}");
         }
     }
 
@@ -95,7 +110,23 @@ fn spec_cases() {
         .collect();
     assert!(
         failing.is_empty(),
-        "cases that must pass did not:\n{}",
+        "[{path:?}] cases that must pass did not:\n{}",
         failing.join("\n")
     );
+}
+
+#[test]
+fn spec_cases_through_the_dispatcher() {
+    check(DispatchPath::Abi);
+}
+
+#[test]
+fn spec_cases_through_the_typed_api() {
+    check(DispatchPath::Typed);
+}
+
+/// Both paths pass every case and observe exactly the same results and bytes.
+#[test]
+fn spec_cases_both_paths_agree() {
+    check(DispatchPath::Both);
 }

@@ -1,8 +1,13 @@
 //! `spec-cases`: runs executable spec case files against vfio-core.
 //!
 //! ```text
-//! cargo run -p vfio-tests --bin spec-cases -- [--only PREFIX] [--no-emulated] FILE...
+//! cargo run -p vfio-tests --bin spec-cases -- [--only PREFIX] [--no-emulated] [--path abi|typed|both] FILE...
 //! ```
+//!
+//! `--path` chooses how the core is driven: `abi` through the byte-level dispatcher
+//! (`Vfio::ioctl`), `typed` through the typed API (the harness decodes each ioctl buffer
+//! itself), `both` (the default) through both, a case passing only when both paths pass
+//! and every observation is identical.
 //!
 //! Prints one line per case (`PASS …`, `FAIL …: reason`, `SKIP …: reason`) and a closing
 //! `N passed, N failed[, N skipped]` line; exits 1 when any case failed, 2 on usage or
@@ -11,14 +16,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vfio_tests::registry::registry_builder;
-use vfio_tests::runner::{run_path, Options, Totals};
+use vfio_tests::registry::{registry_builder, typed_registry_builder};
+use vfio_tests::runner::{run_path, DispatchPath, Options, Totals};
 
-const USAGE: &str = "usage: spec-cases [--only PREFIX] [--no-emulated] FILE...";
+const USAGE: &str =
+    "usage: spec-cases [--only PREFIX] [--no-emulated] [--path abi|typed|both] FILE...";
 
 fn main() -> ExitCode {
     let mut only = None;
     let mut no_emulated = false;
+    let mut path = DispatchPath::Both;
     let mut files = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -31,6 +38,20 @@ fn main() -> ExitCode {
                 }
             },
             "--no-emulated" => no_emulated = true,
+            "--path" => match args.next().as_deref().and_then(DispatchPath::parse) {
+                Some(p) => path = p,
+                None => {
+                    eprintln!("--path needs abi, typed or both\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
+            s if s.starts_with("--path=") => match DispatchPath::parse(&s["--path=".len()..]) {
+                Some(p) => path = p,
+                None => {
+                    eprintln!("--path needs abi, typed or both\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -51,6 +72,8 @@ fn main() -> ExitCode {
         only,
         no_emulated,
         builder: Some(&registry_builder),
+        typed_builder: Some(&typed_registry_builder),
+        path,
     };
     let mut all = Vec::new();
     let mut file_errors = 0;
