@@ -217,7 +217,9 @@ pub fn combine_paths(runs: Vec<(&str, Verdict, Vec<String>)>) -> Verdict {
     if !fails.is_empty() {
         return Verdict::Fail(fails.join("; "));
     }
-    if let Some((_, Verdict::Skip(m), _)) = runs.iter().find(|(_, v, _)| matches!(v, Verdict::Skip(_))) {
+    if let Some((_, Verdict::Skip(m), _)) =
+        runs.iter().find(|(_, v, _)| matches!(v, Verdict::Skip(_)))
+    {
         return Verdict::Skip(m.clone());
     }
     let Some((first, _, base)) = runs.first() else {
@@ -380,7 +382,15 @@ fn run_case(spec: &FixtureSpec, case: &toml::Table, opts: &Options<'_>) -> Verdi
     let needs_machine =
         !start_steps.is_empty() || steps.iter().any(|s| !is_pure_op(step_op(s).unwrap_or("")));
     let run_on = |builder: Option<&MachineBuilder>| -> (Verdict, Vec<String>) {
-        run_machine(spec, &env, start, &start_steps, &steps, needs_machine, builder)
+        run_machine(
+            spec,
+            &env,
+            start,
+            &start_steps,
+            &steps,
+            needs_machine,
+            builder,
+        )
     };
     if !needs_machine {
         return run_on(None).0;
@@ -535,7 +545,10 @@ impl Machine for Recorder<'_> {
             other => {
                 let shown = format!("{other:?}");
                 let r = self.inner.ioctl(fd, request, other);
-                self.note(format!("ioctl({fd}, {request:#x}, {shown}) -> {}", show(&r)));
+                self.note(format!(
+                    "ioctl({fd}, {request:#x}, {shown}) -> {}",
+                    show(&r)
+                ));
                 r
             }
         }
