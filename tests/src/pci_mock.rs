@@ -8,6 +8,14 @@
 //! the case's `topology` and named group descriptors; the host INTx line is modelled
 //! (requested, enabled) and the handler runs on each rising edge of "pin driven AND line
 //! enabled AND handler registered".
+//!
+//! Each case runs along the runner's [`crate::runner::DispatchPath`]: `typed` calls the
+//! driver directly (this module's own argsz/capability rules), `abi` registers the mock
+//! function with a `Vfio` (fixture IOMMU and memory, the function's group attached to a
+//! Type1v2 container) and performs the device ops through `Vfio::ioctl`,
+//! `Vfio::device_read` and `Vfio::device_write` (open = `GROUP_GET_DEVICE_FD`, close =
+//! closing the device file, host request = unregistration plus 10-second ticks); `both`
+//! runs both and compares every observation.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -21,11 +29,16 @@ use vfio_core::platform::{
     AffectedFunction, BarIndex, BarKind, BarResource, Bdf, EventSink, FunctionFacts, IntxLine,
     MsiKind, PciAccess, ResetMethod, Width,
 };
+use vfio_core::type1::DmaEntry;
 use vfio_core::uapi::{irq_set_flags, IrqSet};
-use vfio_core::vfio::{validate_irq_set, BusDriver, CapChain, FdResolver, FdTarget, IrqSetRequest};
+use vfio_core::vfio::{
+    validate_irq_set, BusDriver, CapChain, Config, ContainerSlot, DeviceId, DeviceSlot, Fd,
+    FdResolver, FdTarget, FileSlot, GroupSlot, IrqSetRequest, Storage, Vfio,
+};
 use vfio_core::Errno;
 
-use crate::runner::{CaseReport, Options, Verdict};
+use crate::fixture::{Env, FixtureIommu, FixtureMemory, FixtureSpec};
+use crate::runner::{combine_paths, CaseReport, Options, Verdict};
 use crate::value::{as_array, as_bool, as_errno, as_str, as_table, as_u64, describe};
 
 type R<T> = std::result::Result<T, String>;
@@ -760,9 +773,19 @@ pub fn run_pci_doc(doc: &toml::Table, opts: &Options<'_>) -> R<Vec<CaseReport>> 
                 continue;
             }
         }
-        let verdict = match run_case(doc, case) {
-            Ok(()) => Verdict::Pass,
-            Err(e) => Verdict::Fail(e),
+        let mut runs = Vec::new();
+        if opts.path.abi() {
+            let (v, log) = verdict_of(run_case(doc, case, true));
+            runs.push(("abi", v, log));
+        }
+        if opts.path.typed() {
+            let (v, log) = verdict_of(run_case(doc, case, false));
+            runs.push(("typed", v, log));
+        }
+        let verdict = if runs.len() == 1 {
+            runs.remove(0).1
+        } else {
+            combine_paths(runs)
         };
         reports.push(CaseReport {
             id: String::new(),
@@ -773,13 +796,161 @@ pub fn run_pci_doc(doc: &toml::Table, opts: &Options<'_>) -> R<Vec<CaseReport>> 
     Ok(reports)
 }
 
-struct Harness {
-    driver: PciDriver<MockPci, MockEvents>,
-    dev: PciDevice<i32>,
+fn verdict_of(r: (R<()>, Vec<String>)) -> (Verdict, Vec<String>) {
+    match r.0 {
+        Ok(()) => (Verdict::Pass, r.1),
+        Err(e) => (Verdict::Fail(e), r.1),
+    }
+}
+
+type Drv = PciDriver<MockPci, MockEvents>;
+type PciVfio<'s> = Vfio<'s, FixtureIommu, FixtureMemory, Drv>;
+
+/// The system under test of one case: the driver called directly (the typed path, with
+/// this harness's own argsz/capability rules), or the registry with the mock function
+/// registered, driven through `Vfio::ioctl` / `device_read` / `device_write` (the ABI
+/// path).
+enum Sut<'v, 's> {
+    Direct {
+        driver: Box<Drv>,
+        dev: Box<PciDevice<i32>>,
+    },
+    Registry {
+        vfio: &'v mut PciVfio<'s>,
+        id: DeviceId,
+        /// The mock function's group file (attached to a Type1v2 container).
+        group: Fd,
+        /// The device file, while open.
+        dev_fd: Option<Fd>,
+        /// Group files of the topology's other groups, by IOMMU group.
+        group_fds: BTreeMap<u32, Fd>,
+        /// An open file that is not a group (the container): stands in for the case's
+        /// non-group descriptors in hot-reset lists, which the registry cannot hold.
+        other: Fd,
+    },
+}
+
+struct Harness<'v, 's> {
+    sut: Sut<'v, 's>,
     names: BTreeMap<String, i32>,
     next_fd: i32,
     groups: BTreeMap<i32, u32>,
     intx_cond: bool,
+    /// Observations, compared between the two paths.
+    log: Vec<String>,
+}
+
+const NOT_OPEN: Errno = Errno::EBADF;
+
+impl Harness<'_, '_> {
+    fn drv(&self) -> &Drv {
+        match &self.sut {
+            Sut::Direct { driver, .. } => driver,
+            Sut::Registry { vfio, .. } => vfio.driver(),
+        }
+    }
+
+    fn drv_mut(&mut self) -> &mut Drv {
+        match &mut self.sut {
+            Sut::Direct { driver, .. } => driver,
+            Sut::Registry { vfio, .. } => vfio.driver_mut(),
+        }
+    }
+
+    /// The driver and the device state, read-only (also while the device is closed).
+    fn parts(&self) -> Option<(&Drv, &PciDevice<i32>)> {
+        match &self.sut {
+            Sut::Direct { driver, dev } => Some((driver, dev)),
+            Sut::Registry { vfio, id, .. } => vfio.device_parts(*id),
+        }
+    }
+
+    /// The driver and the device state; on the registry path only while a device file is
+    /// open (`EBADF` otherwise).
+    fn with_dev<T>(
+        &mut self,
+        f: impl FnOnce(&mut Drv, &mut PciDevice<i32>) -> T,
+    ) -> Result<T, Errno> {
+        match &mut self.sut {
+            Sut::Direct { driver, dev } => Ok(f(driver, dev)),
+            Sut::Registry { vfio, dev_fd, .. } => {
+                let fd = dev_fd.ok_or(NOT_OPEN)?;
+                vfio.with_device(fd, |d, s| Ok(f(d, s)))
+            }
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.parts().is_some_and(|(_, d)| d.is_open())
+    }
+
+    fn note(&mut self, what: String) {
+        self.log.push(what);
+    }
+
+    /// A device ioctl through the registry (`None` on the direct path).
+    fn reg_ioctl(&mut self, request: u32, buf: &mut [u8]) -> Option<Result<i64, Errno>> {
+        match &mut self.sut {
+            Sut::Direct { .. } => None,
+            Sut::Registry { vfio, dev_fd, .. } => Some(match dev_fd {
+                Some(fd) => vfio.ioctl(*fd, request, vfio_core::abi::Arg::Buffer(buf)),
+                None => Err(NOT_OPEN),
+            }),
+        }
+    }
+}
+
+fn rd32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn rd64(b: &[u8], at: usize) -> u64 {
+    u64::from(rd32(b, at)) | (u64::from(rd32(b, at + 4)) << 32)
+}
+
+/// The fixture platform of the registry path: one IOMMU group per group the case's
+/// topology names (the mock function's own group, 1 without a topology).
+fn pci_fixture(groups: &[(u32, Vec<String>)]) -> R<FixtureSpec> {
+    let mut text = String::from(
+        r#"page_size = 4096
+dma_entry_limit = 65535
+memlock_pages = "unlimited"
+[[memory]]
+vaddr = "0x7f0000000000"
+len = "0x100000"
+phys = "0x100000000"
+kind = "ram"
+[iommu_profile.std]
+ops = "A"
+pgsize_bitmap = "0x40201000"
+aperture = ["0x0", "0xffffffffffff"]
+reserved = [["0xfee00000", "0xfeefffff", "msi"]]
+intr_remap = true
+enforce_coherency = true
+[device_template.t]
+flags = 0
+num_regions = 0
+num_irqs = 0
+reset = false
+regions = []
+irqs = []
+"#,
+    );
+    for (g, names) in groups {
+        let devs: Vec<String> = names
+            .iter()
+            .map(|n| format!("{{ name = \"{n}\", binding = \"vfio\", template = \"t\" }}"))
+            .collect();
+        text.push_str(&format!(
+            "[[group]]\nid = {g}\nprofile = \"std\"\ndevices = [{}]\n",
+            devs.join(", ")
+        ));
+    }
+    let value: Value = text
+        .parse::<toml::Table>()
+        .map(Value::Table)
+        .map_err(|e| format!("PCI fixture: {e}"))?;
+    FixtureSpec::from_toml(&value).map_err(|e| format!("PCI fixture: {e}"))
 }
 
 /// The harness's descriptor table as the registry would describe it.
@@ -802,7 +973,20 @@ impl FdResolver for HarnessFds<'_> {
 
 const REGION_SHIFT: u32 = 40;
 
-fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
+/// Runs one case; `registry`: through the registry (ABI path), else the driver directly.
+/// Returns the outcome and the observation log.
+fn run_case(doc: &toml::Table, case: &toml::Table, registry: bool) -> (R<()>, Vec<String>) {
+    let mut log = Vec::new();
+    let r = run_case_inner(doc, case, registry, &mut log);
+    (r, log)
+}
+
+fn run_case_inner(
+    doc: &toml::Table,
+    case: &toml::Table,
+    registry: bool,
+    log: &mut Vec<String>,
+) -> R<()> {
     let d = device_keys(doc, case)?;
     let mock = build_mock(&d)?;
     let era = match case.get("era").map(as_str).transpose()? {
@@ -817,18 +1001,114 @@ fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
         Some(p) => return Err(format!("unknown msix_mmap_policy `{p}`")),
     };
     let page = d.get("page_size").map(as_u64).transpose()?.unwrap_or(4096);
+    // The topology's functions by IOMMU group; the mock function's own group first.
+    let mut own_group = 1u32;
+    let mut groups: Vec<(u32, Vec<String>)> = Vec::new();
+    for f in &mock.topology {
+        let Some(g) = f.group else { continue };
+        let name = f.bdf.to_string();
+        if f.bdf == MOCK_BDF {
+            own_group = g;
+        }
+        match groups.iter_mut().find(|(id, _)| *id == g) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((g, vec![name])),
+        }
+    }
+    if !groups
+        .iter()
+        .any(|(_, n)| n.contains(&MOCK_BDF.to_string()))
+    {
+        match groups.iter_mut().find(|(id, _)| *id == own_group) {
+            Some((_, names)) => names.push(MOCK_BDF.to_string()),
+            None => groups.push((own_group, vec![MOCK_BDF.to_string()])),
+        }
+    }
     let driver = PciDriver::new(mock, MockEvents::default())
         .with_era(era)
         .with_msix_mmap(policy)
         .with_page_size(page);
-    let mut h = Harness {
+    let autoopen = case
+        .get("autoopen")
+        .map(as_bool)
+        .transpose()?
+        .unwrap_or(true);
+    if !registry {
+        let sut = Sut::Direct {
+            driver: Box::new(driver),
+            dev: Box::new(PciDevice::new(MOCK_BDF)),
+        };
+        return run_ops(case, sut, autoopen, log);
+    }
+    let spec = pci_fixture(&groups)?;
+    let env = Env::default();
+    let mut files = vec![FileSlot::EMPTY; 64];
+    let mut dma = vec![DmaEntry::EMPTY; 64];
+    let mut containers = vec![ContainerSlot::new(&mut dma)];
+    let mut gslots = vec![GroupSlot::EMPTY; 8];
+    let mut devices: Vec<DeviceSlot<PciDevice<i32>>> = (0..8).map(|_| DeviceSlot::new()).collect();
+    let mut vfio = Vfio::new(
+        FixtureIommu::new(&spec),
+        FixtureMemory::new(&spec, &env),
         driver,
-        dev: PciDevice::new(MOCK_BDF),
+        Storage {
+            files: &mut files,
+            containers: &mut containers,
+            groups: &mut gslots,
+            devices: &mut devices,
+        },
+        Config::default(),
+    );
+    let e = |what: &str, e: Errno| format!("registry set-up: {what}: {}", e.name());
+    for (g, names) in &groups {
+        for n in names {
+            let bdf = Bdf::parse(n).ok_or_else(|| format!("bad topology BDF `{n}`"))?;
+            vfio.register_device(n, *g, PciDevice::new(bdf))
+                .map_err(|x| e("register_device", x))?;
+        }
+    }
+    let id = vfio
+        .device_by_name(&MOCK_BDF.to_string())
+        .ok_or("registry set-up: the mock function is not registered")?;
+    let container = vfio.open_container().map_err(|x| e("open_container", x))?;
+    let group = vfio.open_group(own_group).map_err(|x| e("open_group", x))?;
+    vfio.group_set_container(group, container.raw())
+        .map_err(|x| e("GROUP_SET_CONTAINER", x))?;
+    vfio.set_iommu(container, 3)
+        .map_err(|x| e("SET_IOMMU", x))?;
+    let mut group_fds = BTreeMap::from([(own_group, group)]);
+    for (g, _) in &groups {
+        if *g != own_group {
+            let fd = vfio.open_group(*g).map_err(|x| e("open_group", x))?;
+            group_fds.insert(*g, fd);
+        }
+    }
+    let sut = Sut::Registry {
+        vfio: &mut vfio,
+        id,
+        group,
+        dev_fd: None,
+        group_fds,
+        other: container,
+    };
+    run_ops(case, sut, autoopen, log)
+}
+
+fn run_ops(case: &toml::Table, sut: Sut<'_, '_>, autoopen: bool, log: &mut Vec<String>) -> R<()> {
+    let mut h = Harness {
+        sut,
         names: BTreeMap::new(),
         next_fd: 10,
         groups: BTreeMap::new(),
         intx_cond: false,
+        log: Vec::new(),
     };
+    let r = run_ops_on(case, &mut h, autoopen);
+    *log = std::mem::take(&mut h.log);
+    r
+}
+
+fn run_ops_on(case: &toml::Table, h: &mut Harness<'_, '_>, autoopen: bool) -> R<()> {
     if let Some(fds) = case.get("fds") {
         for (name, spec) in as_table(fds)? {
             let t = as_table(spec)?;
@@ -845,17 +1125,10 @@ fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
     }
     let notevent = h.next_fd;
     h.next_fd += 1;
-    h.driver.events_mut().fds.insert(notevent, MockFd::Other);
+    h.drv_mut().events_mut().fds.insert(notevent, MockFd::Other);
     h.names.insert("@notevent".into(), notevent);
-    if case
-        .get("autoopen")
-        .map(as_bool)
-        .transpose()?
-        .unwrap_or(true)
-    {
-        h.driver
-            .open_device(&mut h.dev)
-            .map_err(|e| format!("open failed: {e:?}"))?;
+    if autoopen {
+        h.open().map_err(|e| format!("open failed: {e:?}"))?;
     }
     let ops = case
         .get("ops")
@@ -865,6 +1138,7 @@ fn run_case(doc: &toml::Table, case: &toml::Table) -> R<()> {
         .unwrap_or_default();
     for (i, op) in ops.iter().enumerate() {
         let t = as_table(op)?;
+        h.log.push(format!("op #{}", i + 1));
         h.step(t)
             .map_err(|e| format!("op #{} {}: {e}", i + 1, describe(op)))?;
         h.pump_intx();
@@ -914,11 +1188,11 @@ fn field(fields: &toml::Table, k: &str, got: u64) -> R<()> {
     Ok(())
 }
 
-impl Harness {
+impl Harness<'_, '_> {
     fn new_fd(&mut self, name: &str, kind: MockFd) -> i32 {
         let fd = self.next_fd;
         self.next_fd += 1;
-        self.driver.events_mut().fds.insert(fd, kind);
+        self.drv_mut().events_mut().fds.insert(fd, kind);
         self.names.insert(name.to_string(), fd);
         fd
     }
@@ -940,9 +1214,53 @@ impl Harness {
 
     fn read(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
         let mut buf = vec![0u8; len];
-        let n = self.driver.read(&mut self.dev, offset, &mut buf)?;
+        let n = match &mut self.sut {
+            Sut::Direct { driver, dev } => driver.read(dev, offset, &mut buf)?,
+            Sut::Registry { vfio, dev_fd, .. } => {
+                vfio.device_read(dev_fd.ok_or(NOT_OPEN)?, offset, &mut buf)?
+            }
+        };
         buf.truncate(n);
         Ok(buf)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        match &mut self.sut {
+            Sut::Direct { driver, dev } => driver.write(dev, offset, data),
+            Sut::Registry { vfio, dev_fd, .. } => {
+                vfio.device_write(dev_fd.ok_or(NOT_OPEN)?, offset, data)
+            }
+        }
+    }
+
+    /// Opens the device: `open_device` directly, or `GROUP_GET_DEVICE_FD` on the group.
+    fn open(&mut self) -> Result<(), Errno> {
+        match &mut self.sut {
+            Sut::Direct { driver, dev } => driver.open_device(dev),
+            Sut::Registry {
+                vfio,
+                group,
+                dev_fd,
+                ..
+            } => {
+                let mut name = format!("{MOCK_BDF}\0").into_bytes();
+                let fd = vfio.ioctl(*group, 0x3b6a, vfio_core::abi::Arg::Buffer(&mut name))?;
+                *dev_fd = Some(Fd::from_raw(fd as i32));
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the device: `close_device` directly, or closes the device file.
+    fn close(&mut self) {
+        match &mut self.sut {
+            Sut::Direct { driver, dev } => driver.close_device(dev),
+            Sut::Registry { vfio, dev_fd, .. } => {
+                if let Some(fd) = dev_fd.take() {
+                    let _ = vfio.close(fd);
+                }
+            }
+        }
     }
 
     fn step(&mut self, t: &toml::Table) -> R<()> {
@@ -950,10 +1268,11 @@ impl Harness {
         let cfg = 7u64 << REGION_SHIFT;
         match op {
             "open" => {
-                let r = self.driver.open_device(&mut self.dev);
+                let r = self.open();
+                self.note(format!("open {r:?}"));
                 check_result(t, &r)?;
             }
-            "close" => self.driver.close_device(&mut self.dev),
+            "close" => self.close(),
             "cfg_read" | "region_read" => {
                 let base = if op == "cfg_read" {
                     cfg
@@ -966,6 +1285,7 @@ impl Harness {
                     None => u(t, "len")? as usize,
                 };
                 let r = self.read(base + at, len);
+                self.note(format!("read {r:02x?}"));
                 if check_result(t, &r)? {
                     let got = r.unwrap_or_default();
                     if let Some(e) = t.get("expect") {
@@ -996,7 +1316,8 @@ impl Harness {
                         u(t, "value")?.to_le_bytes()[..w.min(8)].to_vec()
                     }
                 };
-                let r = self.driver.write(&mut self.dev, base + at, &data);
+                let r = self.write(base + at, &data);
+                self.note(format!("write {r:?}"));
                 if check_result(t, &r)? {
                     field(t, "expect_ret", r.unwrap_or(0) as u64)?;
                 }
@@ -1004,24 +1325,38 @@ impl Harness {
             "hw_read" => {
                 let at = u(t, "at")? as usize;
                 let w = u(t, "width")? as usize;
-                let got = u64::from(self.driver.access().peek(at, w));
+                let got = u64::from(self.drv().access().peek(at, w));
+                self.note(format!("hw {got:#x}"));
                 field(t, "expect", got)?;
             }
             "hw_write" => {
                 let at = u(t, "at")? as usize;
                 let w = u(t, "width")? as usize;
                 let v = u(t, "value")? as u32;
-                self.driver.access_mut().poke(at, w, v);
+                self.drv_mut().access_mut().poke(at, w, v);
             }
             "get_info" => {
                 let argsz = t.get("argsz").map(as_u64).transpose()?.unwrap_or(16);
                 let mut scratch = [0u8; 256];
-                let r = if argsz < 16 {
+                let r = if let Some(reg) = {
+                    let mut buf = vec![0u8; (argsz as usize).max(24)];
+                    buf[..4].copy_from_slice(&(argsz as u32).to_le_bytes());
+                    self.reg_ioctl(0x3b6b, &mut buf).map(|r| (r, buf))
+                } {
+                    // The registry adds CAPS (0x80) for a non-empty device-info chain.
+                    let (r, buf) = reg;
+                    r.map(|_| vfio_core::vfio::DeviceInfo {
+                        flags: rd32(&buf, 4) & !0x80,
+                        num_regions: rd32(&buf, 8),
+                        num_irqs: rd32(&buf, 12),
+                    })
+                } else if argsz < 16 {
                     Err(Errno::EINVAL)
                 } else {
-                    self.driver
-                        .device_info(&mut self.dev, &mut CapChain::new(&mut scratch))
+                    self.with_dev(|d, s| d.device_info(s, &mut CapChain::new(&mut scratch)))
+                        .and_then(|r| r)
                 };
+                self.note(format!("get_info {r:?}"));
                 if check_result(t, &r)? {
                     let info = r.map_err(|e| format!("{e:?}"))?;
                     if let Some(e) = t.get("expect") {
@@ -1036,11 +1371,23 @@ impl Harness {
             "get_irq_info" => {
                 let argsz = t.get("argsz").map(as_u64).transpose()?.unwrap_or(16);
                 let index = u(t, "index")? as u32;
-                let r = if argsz < 16 || index >= 5 {
+                let r = if let Some(reg) = {
+                    let mut buf = vec![0u8; (argsz as usize).max(16)];
+                    buf[..4].copy_from_slice(&(argsz as u32).to_le_bytes());
+                    buf[8..12].copy_from_slice(&index.to_le_bytes());
+                    self.reg_ioctl(0x3b6d, &mut buf).map(|r| (r, buf))
+                } {
+                    let (r, buf) = reg;
+                    r.map(|_| vfio_core::vfio::IrqInfo {
+                        flags: rd32(&buf, 4),
+                        count: rd32(&buf, 12),
+                    })
+                } else if argsz < 16 || index >= 5 {
                     Err(Errno::EINVAL)
                 } else {
-                    self.driver.irq_info(&mut self.dev, index)
+                    self.with_dev(|d, s| d.irq_info(s, index)).and_then(|r| r)
                 };
+                self.note(format!("irq_info {r:?}"));
                 if check_result(t, &r)? {
                     let info = r.map_err(|e| format!("{e:?}"))?;
                     if let Some(e) = t.get("expect") {
@@ -1052,11 +1399,21 @@ impl Harness {
             }
             "set_irqs" => self.set_irqs(t)?,
             "device_reset" => {
-                let r = self.driver.reset(&mut self.dev);
+                let r = match self.reg_ioctl(0x3b6f, &mut []) {
+                    Some(r) => r.map(|_| ()),
+                    None => self.with_dev(|d, s| d.reset(s)).and_then(|r| r),
+                };
+                self.note(format!("reset {r:?}"));
                 check_result(t, &r)?;
             }
             "expect_state" => {
-                let m = self.driver.access();
+                let m = self.drv().access();
+                let seen = format!(
+                    "state reset {} bus {} power {} line {}",
+                    m.reset_count, m.bus_reset_count, m.power_state, m.intx_line_enabled
+                );
+                self.log.push(seen);
+                let m = self.drv().access();
                 field(t, "reset_count", u64::from(m.reset_count))?;
                 field(t, "bus_reset_count", u64::from(m.bus_reset_count))?;
                 if let Some(p) = t.get("power_state") {
@@ -1096,7 +1453,7 @@ impl Harness {
             "bar_backing_read" => {
                 let bar = u(t, "bar")? as u8;
                 let got = self
-                    .driver
+                    .drv()
                     .access()
                     .bar_backing(bar, u(t, "at")?, u(t, "len")? as usize);
                 let want = hex_bytes(as_str(t.get("expect_hex").ok_or("missing expect_hex")?)?)?;
@@ -1108,7 +1465,7 @@ impl Harness {
                 let at = u(t, "at")? as usize;
                 let len = u(t, "len")? as usize;
                 let got = self
-                    .driver
+                    .drv()
                     .access()
                     .vpd
                     .get(at..at + len)
@@ -1119,12 +1476,18 @@ impl Harness {
                     return Err(format!("expected [{}], got [{}]", hex(&want), hex(&got)));
                 }
             }
-            "intx_assert" => self.driver.access_mut().intx_pending = true,
+            "intx_assert" => self.drv_mut().access_mut().intx_pending = true,
             "hot_reset_info" => {
                 let argsz = u(t, "argsz")? as u32;
                 let mut buf = vec![0u8; (argsz as usize).max(12)];
                 buf[..4].copy_from_slice(&argsz.to_le_bytes());
-                let r = self.driver.hot_reset_info(&self.dev, &mut buf);
+                let r = match self.reg_ioctl(0x3b70, &mut buf) {
+                    Some(r) => r.map(|_| ()),
+                    None => self
+                        .with_dev(|d, s| d.hot_reset_info(s, &mut buf))
+                        .and_then(|r| r),
+                };
+                self.note(format!("hot_reset_info {r:?} {buf:02x?}"));
                 let got_count = u64::from(u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]));
                 let ok = check_result(t, &r)?;
                 if let Some(e) = t.get("expect") {
@@ -1180,21 +1543,30 @@ impl Harness {
                 buf.extend_from_slice(&flags.to_le_bytes());
                 buf.extend_from_slice(&(count as u32).to_le_bytes());
                 for fd in &fds {
+                    let fd = self.registry_fd(*fd);
                     buf.extend_from_slice(&fd.to_le_bytes());
                 }
                 // The resolver reads a snapshot of the descriptor table.
                 let events = MockEvents {
-                    fds: self.driver.events().fds.clone(),
-                    signals: self.driver.events().signals.clone(),
+                    fds: self.drv().events().fds.clone(),
+                    signals: self.drv().events().signals.clone(),
                 };
-                let view = HarnessFds {
-                    events: &events,
-                    groups: &self.groups,
+                let groups = self.groups.clone();
+                let r = match self.reg_ioctl(0x3b71, &mut buf) {
+                    Some(r) => r.map(|_| ()),
+                    None => {
+                        let view = HarnessFds {
+                            events: &events,
+                            groups: &groups,
+                        };
+                        self.with_dev(|d, s| d.hot_reset(s, &mut buf, &view))
+                            .and_then(|r| r)
+                    }
                 };
-                let r = self.driver.hot_reset(&mut self.dev, &mut buf, &view);
+                self.note(format!("hot_reset {r:?}"));
                 check_result(t, &r)?;
             }
-            "intx_deassert" => self.driver.access_mut().intx_pending = false,
+            "intx_deassert" => self.drv_mut().access_mut().intx_pending = false,
             "msi_fire" => {
                 let kind = if u(t, "index")? == 2 {
                     MsiKind::Msix
@@ -1202,18 +1574,20 @@ impl Harness {
                     MsiKind::Msi
                 };
                 let v = u(t, "vector")? as u16;
-                self.driver.msi_fired(&self.dev, kind, v);
+                if let Some((d, s)) = self.parts() {
+                    d.msi_fired(s, kind, v);
+                }
             }
             "signal" => {
                 let fd = self.fd(t.get("eventfd").ok_or("missing eventfd")?)?;
                 if self.names.get("@unmask") == Some(&fd) || self.is_unmask_fd(fd) {
-                    self.driver.intx_unmask(&mut self.dev);
+                    let _ = self.with_dev(|d, s| d.intx_unmask(s));
                 }
             }
             "expect_signals" => {
                 let fd = self.fd(t.get("eventfd").ok_or("missing eventfd")?)?;
                 let got = self
-                    .driver
+                    .drv()
                     .events()
                     .signals
                     .borrow()
@@ -1223,11 +1597,13 @@ impl Harness {
                 field(t, "count", u64::from(got))?;
             }
             "aer_error" => {
-                self.driver.aer_error(&self.dev);
+                if let Some((d, s)) = self.parts() {
+                    d.aer_error(s);
+                }
             }
             "host_request" => {
                 let count = t.get("count").map(as_u64).transpose()?.unwrap_or(0) as u32;
-                self.driver.request(&mut self.dev, count);
+                self.host_request(count)?;
             }
             other => return Err(format!("unsupported op `{other}` (no core interface yet)")),
         }
@@ -1238,15 +1614,16 @@ impl Harness {
     /// registered" becomes true (schema "Mock platform semantics").
     fn pump_intx(&mut self) {
         for _ in 0..4 {
-            let m = self.driver.access();
+            let open = self.is_open();
+            let m = self.drv().access();
             let driven = m.intx_pending && (!m.facts.intx_masking || m.peek(0x04, 2) & 0x0400 == 0);
-            let cond = driven && m.intx_requested && m.intx_line_enabled && self.dev.is_open();
+            let cond = driven && m.intx_requested && m.intx_line_enabled && open;
             let rising = cond && !self.intx_cond;
             self.intx_cond = cond;
             if !rising {
                 return;
             }
-            self.driver.intx_fired(&mut self.dev);
+            let _ = self.with_dev(|d, s| d.intx_fired(s));
         }
     }
 
@@ -1259,11 +1636,23 @@ impl Harness {
         let index = u(t, "index")? as u32;
         let mut scratch = [0u8; 1024];
         let mut chain = CapChain::new(&mut scratch);
+        if let Some((r, buf)) = {
+            let mut buf = vec![0u8; (argsz as usize).max(32)];
+            buf[..4].copy_from_slice(&argsz.to_le_bytes());
+            buf[8..12].copy_from_slice(&index.to_le_bytes());
+            self.reg_ioctl(0x3b6c, &mut buf).map(|r| (r, buf))
+        } {
+            return self.region_info_bytes(t, r.map(|_| ()), &buf);
+        }
         let r = if argsz < 32 || index >= 9 {
             Err(Errno::EINVAL)
         } else {
-            self.driver.region_info(&mut self.dev, index, &mut chain)
+            self.with_dev(|d, s| d.region_info(s, index, &mut chain))
+                .and_then(|r| r)
         };
+        if let Err(e) = &r {
+            self.note(format!("region_info {e:?}"));
+        }
         if !check_result(t, &r)? {
             return Ok(());
         }
@@ -1282,6 +1671,82 @@ impl Harness {
                 caps_bytes = Some(chain);
             }
         }
+        // The bytes the ABI would show: the fixed structure, then the chain (with
+        // buffer-relative `next` offsets) when it fits.
+        let mut image = vec![0u8; (argsz as usize).max(32)];
+        image[..4].copy_from_slice(&argsz_out.to_le_bytes());
+        image[4..8].copy_from_slice(&flags.to_le_bytes());
+        image[8..12].copy_from_slice(&index.to_le_bytes());
+        image[12..16].copy_from_slice(&cap_offset.to_le_bytes());
+        image[16..24].copy_from_slice(&info.size.to_le_bytes());
+        image[24..32].copy_from_slice(&info.offset.to_le_bytes());
+        if let Some(c) = &caps_bytes {
+            let mut c = c.clone();
+            let mut at = 0usize;
+            loop {
+                let next = rd32(&c, at + 4) as usize;
+                if next == 0 || next <= at {
+                    break;
+                }
+                c[at + 4..at + 8].copy_from_slice(&((next + 32) as u32).to_le_bytes());
+                at = next;
+            }
+            image[32..32 + c.len()].copy_from_slice(&c);
+        }
+        self.note(format!("region_info Ok {image:02x?}"));
+        check_region(t, flags, &info, argsz_out, cap_offset, caps_bytes)
+    }
+
+    /// The registry path of `get_region_info`: decodes the written-back buffer into the
+    /// values the direct path computes, then checks the same expectations.
+    fn region_info_bytes(&mut self, t: &toml::Table, r: Result<(), Errno>, buf: &[u8]) -> R<()> {
+        match &r {
+            Ok(()) => self.note(format!("region_info Ok {:02x?}", &buf[..buf.len().max(32)])),
+            Err(e) => self.note(format!("region_info {e:?}")),
+        }
+        if !check_result(t, &r)? {
+            return Ok(());
+        }
+        let flags = rd32(buf, 4);
+        let cap_offset = rd32(buf, 12);
+        let info = vfio_core::vfio::RegionInfo {
+            flags,
+            size: rd64(buf, 16),
+            offset: rd64(buf, 24),
+        };
+        // The chain with chain-relative `next` offsets, as the driver built it.
+        let caps = if cap_offset == 32 {
+            let mut c = buf[32..].to_vec();
+            let mut at = 0usize;
+            loop {
+                let next = rd32(&c, at + 4) as usize;
+                if next == 0 {
+                    break;
+                }
+                let rel = next - 32;
+                c[at + 4..at + 8].copy_from_slice(&(rel as u32).to_le_bytes());
+                if rel <= at {
+                    break;
+                }
+                at = rel;
+            }
+            Some(c)
+        } else {
+            None
+        };
+        check_region(t, flags, &info, rd32(buf, 0), cap_offset, caps)
+    }
+}
+
+fn check_region(
+    t: &toml::Table,
+    flags: u32,
+    info: &vfio_core::vfio::RegionInfo,
+    argsz_out: u32,
+    cap_offset: u32,
+    caps_bytes: Option<Vec<u8>>,
+) -> R<()> {
+    {
         if let Some(e) = t.get("expect") {
             let e = as_table(e)?;
             field(e, "flags", u64::from(flags))?;
@@ -1323,6 +1788,46 @@ impl Harness {
                     break;
                 }
                 at = next as usize;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Harness<'_, '_> {
+    /// The descriptor a hot-reset list carries on this path: on the registry path a
+    /// mock group descriptor becomes the registry's group file of that IOMMU group and
+    /// any other open mock descriptor the container file (an open file that is not a
+    /// group); unknown numbers stay as they are.
+    fn registry_fd(&self, fd: i32) -> i32 {
+        let Sut::Registry {
+            group_fds, other, ..
+        } = &self.sut
+        else {
+            return fd;
+        };
+        if let Some(g) = self.groups.get(&fd) {
+            return group_fds.get(g).map_or(BAD_FD, |f| f.raw());
+        }
+        if self.drv().events().fds.contains_key(&fd) {
+            return other.raw();
+        }
+        fd
+    }
+
+    /// The host asks for the device back: `request(count)` directly; on the registry
+    /// path count 0 starts unregistering the device (the registry calls `request(0)`)
+    /// and every later count is the next 10-second tick.
+    fn host_request(&mut self, count: u32) -> R<()> {
+        match &mut self.sut {
+            Sut::Direct { driver, dev } => driver.request(dev, count),
+            Sut::Registry { vfio, id, .. } => {
+                if count == 0 {
+                    vfio.unregister_device(*id)
+                        .map_err(|e| format!("unregister_device: {}", e.name()))?;
+                } else {
+                    vfio.advance_time(10_000);
+                }
             }
         }
         Ok(())
@@ -1390,23 +1895,34 @@ impl Harness {
             start,
             count,
         };
-        let num = if index < 5 {
-            self.driver
-                .irq_info(&mut self.dev, index)
-                .map_or(0, |i| i.count)
-        } else {
-            0
+        let mut buf = Vec::new();
+        for v in [argsz, flags, index, start, count] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        buf.extend_from_slice(&data);
+        let r = match self.reg_ioctl(0x3b6e, &mut buf) {
+            Some(r) => r.map(|v| v as u32),
+            None => {
+                let num = if index < 5 {
+                    self.with_dev(|d, s| d.irq_info(s, index).map_or(0, |i| i.count))
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                validate_irq_set(&hdr, num, 5).and_then(|size| {
+                    let req = IrqSetRequest {
+                        flags,
+                        index,
+                        start,
+                        count,
+                    };
+                    let d = data.get(..size).ok_or(Errno::EFAULT)?.to_vec();
+                    self.with_dev(|dr, s| dr.set_irqs(s, &req, &d))
+                        .and_then(|r| r)
+                })
+            }
         };
-        let r = validate_irq_set(&hdr, num, 5).and_then(|size| {
-            let req = IrqSetRequest {
-                flags,
-                index,
-                start,
-                count,
-            };
-            let d = data.get(..size).ok_or(Errno::EFAULT)?.to_vec();
-            self.driver.set_irqs(&mut self.dev, &req, &d)
-        });
+        self.note(format!("set_irqs {r:?}"));
         if check_result(t, &r)? {
             let want = t.get("expect_ret").map(as_u64).transpose()?.unwrap_or(0);
             let got = u64::from(r.unwrap_or(0));

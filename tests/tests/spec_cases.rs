@@ -9,7 +9,9 @@
 //!
 //! Every file runs three times: through the byte-level dispatcher (`abi`), through the
 //! typed API (`typed`) and through both at once (`both`: a case passes only when both
-//! paths pass and every observation of the two runs is identical). Every case that must
+//! paths pass and every observation of the two runs is identical). For cases-pci.toml
+//! the ABI path is the registry with the mock function registered, the typed path the
+//! driver called directly. Every case that must
 //! pass must pass on each of the three.
 
 use std::path::{Path, PathBuf};
