@@ -40,6 +40,7 @@
 
 use crate::errno::{Errno, Result};
 use crate::platform::Prot;
+use crate::type1::charge::{ChargeRun, ChargeRuns};
 
 /// An inclusive IOVA range `[first, last]` (spec/02-type1.md §0). Built only with checked
 /// arithmetic, so a range ending at 2^64 − 1 is representable and never wraps.
@@ -300,6 +301,10 @@ pub struct DmaMap<'s> {
     len: usize,
     /// log2 of the host page size, the unit of `locked_pages`.
     shift: u32,
+    /// The container's charged physical runs for exact accounting
+    /// ([`DmaMap::with_accounting`]); kept here so that every Type1 operation, which
+    /// receives the map, reaches them.
+    charges: Option<ChargeRuns<'s>>,
 }
 
 /// Path stack of a descent: node indexes and the direction taken (false = left).
@@ -373,6 +378,40 @@ impl<'s> DmaMap<'s> {
             high: 0,
             len: 0,
             shift: 12,
+            charges: None,
+        }
+    }
+
+    /// An empty map (as [`DmaMap::new`]) with storage for exact locked-memory accounting
+    /// (`runs`, see [`crate::type1::charge`]): required by
+    /// [`crate::type1::Type1Config::exact_accounting`].
+    pub fn with_accounting(storage: &'s mut [DmaEntry], runs: &'s mut [ChargeRun]) -> Self {
+        DmaMap {
+            charges: Some(ChargeRuns::new(runs)),
+            ..DmaMap::new(storage)
+        }
+    }
+
+    /// The exact-accounting runs, when the map has that storage.
+    pub fn accounting(&self) -> Option<&ChargeRuns<'s>> {
+        self.charges.as_ref()
+    }
+
+    /// Mutable access to the exact-accounting runs.
+    pub(crate) fn accounting_mut(&mut self) -> Option<&mut ChargeRuns<'s>> {
+        self.charges.as_mut()
+    }
+
+    /// Takes the runs out (to use them while the map is borrowed); put them back with
+    /// [`DmaMap::restore_accounting`].
+    pub(crate) fn take_accounting(&mut self) -> Option<ChargeRuns<'s>> {
+        self.charges.take()
+    }
+
+    /// Puts back runs taken by [`DmaMap::take_accounting`].
+    pub(crate) fn restore_accounting(&mut self, runs: Option<ChargeRuns<'s>>) {
+        if runs.is_some() {
+            self.charges = runs;
         }
     }
 
@@ -816,12 +855,15 @@ impl<'s> DmaMap<'s> {
         Some(removed)
     }
 
-    /// Removes every entry. O(1).
+    /// Removes every entry (and forgets the exact-accounting runs). O(1).
     pub fn clear(&mut self) {
         self.root = NIL;
         self.free = NIL;
         self.high = 0;
         self.len = 0;
+        if let Some(runs) = self.charges.as_mut() {
+            runs.clear();
+        }
     }
 
     /// Calls `f` on every entry in ascending IOVA order, then removes them all: O(n)
