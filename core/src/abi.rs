@@ -195,10 +195,12 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         info.cap_offset = 0;
         info.pad = 0;
         let chain = scratch.get(..len).ok_or(Errno::ENOMEM)?;
+        // Write back min(caller's argsz, 24) bytes: a caller with argsz < 24 made no room
+        // for cap_offset/pad (spec/01-core.md §3.2 step 4, spec/02-type1.md §9.3).
+        let n = (info.argsz as usize).min(24);
         let (_, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain)?;
         info.argsz = argsz;
         info.cap_offset = cap_offset;
-        let n = (info.argsz as usize).min(24);
         write_prefix(buf, &info, n)?;
         Ok(0)
     }
@@ -313,13 +315,14 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 info.num_irqs = typed.num_irqs;
                 info.cap_offset = 0;
                 info.pad = 0;
+                // min(caller's argsz, 24) bytes go back (spec/01-core.md §3.2 step 4).
+                let n = (info.argsz as usize).min(24);
                 let (caps, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain.as_bytes())?;
                 if caps {
                     info.flags |= uapi::device_flags::CAPS;
                 }
                 info.argsz = argsz;
                 info.cap_offset = cap_offset;
-                let n = (info.argsz as usize).min(24);
                 write_prefix(buf, &info, n)?;
                 Ok(0)
             }
