@@ -310,6 +310,23 @@ fn walk_read<A: PciAccess>(acc: &mut A, bdf: Bdf, size: u16, off: u16, n: u16) -
     Ok(v)
 }
 
+/// Stores the low `out.len()` bytes of `value` little-endian (fixed-size copies for 1, 2
+/// and 4 bytes).
+#[inline]
+fn put_le(out: &mut [u8], value: u32) {
+    let b = value.to_le_bytes();
+    match out {
+        [o0, o1, o2, o3] => [*o0, *o1, *o2, *o3] = b,
+        [o0, o1] => [*o0, *o1] = [b[0], b[1]],
+        [o0] => *o0 = b[0],
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (value >> (8 * i)) as u8;
+            }
+        }
+    }
+}
+
 fn bit(map: &mut [u32], idx: usize) -> bool {
     let word = idx / 32;
     let mask = 1u32 << (idx % 32);
@@ -429,14 +446,7 @@ impl ConfigSpace {
     fn vset(&mut self, off: u16, width: usize, value: u32) {
         let start = usize::from(off);
         if let Some(s) = self.vconfig.get_mut(start..start.saturating_add(width)) {
-            let bytes = value.to_le_bytes();
-            if let Some(src) = bytes.get(..s.len()) {
-                s.copy_from_slice(src);
-            } else {
-                for (i, b) in s.iter_mut().enumerate() {
-                    *b = (value >> (8 * i)) as u8;
-                }
-            }
+            put_le(s, value);
         }
     }
 
@@ -1140,9 +1150,8 @@ impl ConfigSpace {
             let p = start + done as u16;
             let (owner, w) = self.chunk(p, buf.len() - done);
             let v = self.read_chunk(acc, bdf, owner, p, w)?;
-            if let (Some(out), Some(src)) = (buf.get_mut(done..done + w), v.to_le_bytes().get(..w))
-            {
-                out.copy_from_slice(src);
+            if let Some(out) = buf.get_mut(done..done + w) {
+                put_le(out, v);
             }
             done += w;
         }
@@ -1206,7 +1215,7 @@ impl ConfigSpace {
         pos: u16,
         w: usize,
     ) -> Result<u32> {
-        let full = Width::from_bytes(w).map(Width::mask).unwrap_or(0);
+        let full = perm::width_mask(w);
         let (virt, _) = Self::masks(table, off, w);
         let v = self.vget(pos, w);
         if virt & full == full {

@@ -189,6 +189,7 @@ pub(crate) enum Access {
 }
 
 /// The access of a kept capability (same mapping as [`policy_for`], which is built on it).
+#[inline]
 pub(crate) const fn access_for(id: u16, extended: bool, msi_flags: u16) -> Access {
     if extended {
         match id {
