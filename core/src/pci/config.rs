@@ -1121,6 +1121,7 @@ impl ConfigSpace {
         (owner, run)
     }
 
+    #[inline]
     fn check_range(&self, pos: u64, len: usize) -> Result<u16> {
         let end = pos.checked_add(len as u64).ok_or(Errno::EFAULT)?;
         if pos >= u64::from(self.size) || end > u64::from(self.size) {
@@ -1187,15 +1188,29 @@ impl ConfigSpace {
         Ok(done)
     }
 
+    #[inline]
     fn phys_read<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize) -> Result<u32> {
-        let width = Width::from_bytes(w).ok_or(Errno::EINVAL)?;
-        acc.config_read(bdf, pos, width).map_err(err)
+        // One call per width: each sees a constant width, so the platform's access can be
+        // specialized for it when inlined.
+        match w {
+            4 => acc.config_read(bdf, pos, Width::Dword),
+            2 => acc.config_read(bdf, pos, Width::Word),
+            1 => acc.config_read(bdf, pos, Width::Byte),
+            _ => return Err(Errno::EINVAL),
+        }
+        .map_err(err)
     }
 
+    #[inline]
     fn phys_write<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize, v: u32) -> Result<()> {
-        let width = Width::from_bytes(w).ok_or(Errno::EINVAL)?;
-        acc.config_write(bdf, pos, width, v & width.mask())
-            .map_err(err)
+        // As in `phys_read`: a constant width per call.
+        match w {
+            4 => acc.config_write(bdf, pos, Width::Dword, v),
+            2 => acc.config_write(bdf, pos, Width::Word, v & Width::Word.mask()),
+            1 => acc.config_write(bdf, pos, Width::Byte, v & Width::Byte.mask()),
+            _ => return Err(Errno::EINVAL),
+        }
+        .map_err(err)
     }
 
     /// Little-endian `(virt, write)` masks of the `w` bytes at `off` of `table`.
@@ -1206,6 +1221,7 @@ impl ConfigSpace {
         m
     }
 
+    #[inline(always)]
     fn default_read<A: PciAccess>(
         &self,
         acc: &mut A,
@@ -1226,6 +1242,7 @@ impl ConfigSpace {
     }
 
     #[allow(clippy::too_many_arguments)] // one chunk: table, offsets, width, value
+    #[inline(always)]
     fn default_write<A: PciAccess>(
         &mut self,
         acc: &mut A,
@@ -1253,6 +1270,7 @@ impl ConfigSpace {
         Ok(())
     }
 
+    #[inline]
     fn read_chunk<A: PciAccess>(
         &mut self,
         acc: &mut A,
