@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use vfio_core::platform::{Bdf, GroupId};
-use vfio_sim::{corpus, Binding, SimFunction, SimMachine};
+use vfio_sim::{corpus, Binding, ResetRestore, SimFunction, SimMachine};
 
 /// One function of the machine as the session describes it.
 #[derive(Debug, Clone)]
@@ -22,35 +22,20 @@ pub struct Placed {
     pub assign: bool,
 }
 
-/// The built-in machine: three real devices.
+/// The built-in machine: four real devices.
 ///
-/// * `0000:01:00.0` Micron 3400 NVMe SSD (MSI-X, PCIe), group 1, bound to vfio-pci: the
-///   device the session assigns.
+/// * `0000:01:00.0` LSI SAS2008 SAS controller (PCIe; INTx, MSI and MSI-X; VPD, AER),
+///   group 1, bound to vfio-pci: the device the session assigns.
 /// * `0000:02:00.0` NVIDIA GT218 GPU and `0000:02:00.1` its HDA audio function, group 2:
 ///   the GPU is bound to vfio-pci but the audio function to a host driver
 ///   (`snd_hda_intel`), so group 2 is not viable.
+/// * `0000:03:00.0` Micron 3400 NVMe SSD, group 3, bound to vfio-pci.
+#[rustfmt::skip]
 const BUILT_IN: &[(&str, &str, GroupId, &str, bool)] = &[
-    (
-        "0000:01:00.0",
-        "1344-5407-micron-3400-nvme.bin",
-        1,
-        "vfio-pci",
-        true,
-    ),
-    (
-        "0000:02:00.0",
-        "10de-0a65-gt218-geforce210.bin",
-        2,
-        "vfio-pci",
-        false,
-    ),
-    (
-        "0000:02:00.1",
-        "10de-0be3-gt218-hda.bin",
-        2,
-        "snd_hda_intel",
-        false,
-    ),
+    ("0000:01:00.0", "1000-0072-sas2008.bin", 1, "vfio-pci", true),
+    ("0000:02:00.0", "10de-0a65-gt218-geforce210.bin", 2, "vfio-pci", false),
+    ("0000:02:00.1", "10de-0be3-gt218-hda.bin", 2, "snd_hda_intel", false),
+    ("0000:03:00.0", "1344-5407-micron-3400-nvme.bin", 3, "vfio-pci", false),
 ];
 
 /// Builds the built-in machine.
@@ -63,7 +48,10 @@ pub fn built_in() -> Result<(SimMachine, Vec<Placed>), String> {
     let mut placed = Vec::new();
     for &(name, file, group, driver, assign) in BUILT_IN {
         let bdf = Bdf::parse(name).ok_or_else(|| format!("bad built-in BDF {name}"))?;
-        let function = corpus::load(file).map_err(|e| format!("corpus image {file}: {e}"))?;
+        let mut function = corpus::load(file).map_err(|e| format!("corpus image {file}: {e}"))?;
+        // A function reset clears Command and the BARs, as real FLR does; the core
+        // restores them.
+        function.set_reset_restore(ResetRestore::Cleared);
         machine
             .add_function(bdf, function, group)
             .map_err(|e| format!("placing {file} at {bdf}: {e}"))?;
@@ -96,8 +84,9 @@ pub fn built_in() -> Result<(SimMachine, Vec<Placed>), String> {
 pub fn from_image(path: &Path) -> Result<(SimMachine, Vec<Placed>), String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
-    let function = SimFunction::from_image(&bytes)
+    let mut function = SimFunction::from_image(&bytes)
         .map_err(|e| format!("image {} cannot be assigned: {e}", path.display()))?;
+    function.set_reset_restore(ResetRestore::Cleared);
     let machine = SimMachine::new();
     let bdf = Bdf::new(0, 1, 0, 0).ok_or("bad BDF")?;
     machine

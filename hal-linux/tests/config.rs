@@ -40,9 +40,10 @@ fn byte(doc: &Value, pos: usize) -> &Value {
 
 #[test]
 fn text_names_capabilities_owners_and_permissions() {
-    let (ok, out, err) = run(&[]);
+    // The Micron NVMe of the built-in machine.
+    let (ok, out, err) = run(&["0000:03:00.0"]);
     assert!(ok, "{err}");
-    assert!(out.starts_with("0000:01:00.0"), "{out}");
+    assert!(out.starts_with("0000:03:00.0"), "{out}");
     for needle in [
         "capabilities: PM@0x40+8, MSI-X@0x50+12, PCIe@0x60+52, AER@0x100+44",
         "0x004 Command            header       virt 0x0400 write 0xffff",
@@ -68,7 +69,7 @@ fn text_names_capabilities_owners_and_permissions() {
 
 #[test]
 fn json_describes_every_byte() {
-    let doc = json(&[]);
+    let doc = json(&["0000:03:00.0"]);
     assert_eq!(doc["result"], "ok");
     let bytes = doc["bytes"].as_array().expect("bytes");
     assert_eq!(bytes.len(), 4096);
@@ -156,4 +157,12 @@ fn refusals_name_the_reason() {
     let (ok, _, err) = run(&["0000:07:00.0"]);
     assert!(!ok);
     assert!(err.contains("no function at 0000:07:00.0"), "{err}");
+}
+
+#[test]
+fn default_device_is_the_session_device() {
+    let (ok, out, err) = run(&[]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("0000:01:00.0  LSI SAS2008"), "{out}");
+    assert!(out.contains("MSI@0xa8+14"), "{out}");
 }

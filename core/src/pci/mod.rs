@@ -185,6 +185,14 @@ impl<Ev: Copy, T: Borrow<IrqTable>> PciDevice<Ev, T> {
         self.table().intx_masked()
     }
 
+    /// The INTx unmask eventfd registered with `SET_IRQS(INTx, UNMASK|EVENTFD)` (spec/04
+    /// §5.1), if any. The host watches it: whenever the user signals it, the host calls
+    /// [`PciDriver::intx_unmask`] (the kernel's virqfd), which re-signals the trigger
+    /// when the device still asserts INTx.
+    pub fn intx_unmask_event(&self) -> Option<Ev> {
+        self.irq.intx_unmask
+    }
+
     fn memory_enabled(&self) -> bool {
         (self.config.vcommand() & CMD_MEMORY != 0 || self.config.no_command_memory())
             && self.config.power_state < 3
@@ -526,18 +534,23 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
             self.access
                 .config_write(bdf, 0x04, Width::Word, u32::from(enabled)),
         )?;
-        // Step 4: try a function reset.
+        // Step 4: try a function reset. Hardware that comes out of it with its BARs and
+        // Command cleared (no platform save/restore) gets them back before the state is
+        // saved and the virtual config is built from it.
+        let mut header = [0u32; 7];
+        for (i, slot) in header.iter_mut().enumerate() {
+            let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
+            *slot = perr(self.access.config_read(bdf, off, Width::Dword))?;
+        }
         state.reset_works = false;
         if self.access.reset_supported(bdf, ResetMethod::Function) {
             match self.access.reset(bdf, ResetMethod::Function) {
-                Ok(()) => state.reset_works = true,
+                Ok(()) => {
+                    state.reset_works = true;
+                    self.restore_header(bdf, &header, enabled);
+                }
                 Err(e) if e.errno() == Errno::EAGAIN => {
-                    let _ = self.access.config_write(
-                        bdf,
-                        0x04,
-                        Width::Word,
-                        u32::from(state.saved_command),
-                    );
+                    self.undo_enable(state);
                     return Err(Errno::EAGAIN);
                 }
                 Err(_) => {}
@@ -546,16 +559,44 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         self.access.save_state(bdf);
         // Step 8: build the config map and vconfig.
         if let Err(e) = state.config.build(&mut self.access, bdf, size, facts) {
-            let _ =
-                self.access
-                    .config_write(bdf, 0x04, Width::Word, u32::from(state.saved_command));
+            self.undo_enable(state);
             return Err(e);
         }
         state.irq = IrqState::new();
         state.table().reset();
         state.needs_reset = false;
         state.open = true;
+        self.access.user_open(bdf, true);
         Ok(())
+    }
+
+    /// Rewrites BARs, ROM BAR and Command after a reset that lost them.
+    fn restore_header(&mut self, bdf: Bdf, header: &[u32; 7], command: u16) {
+        for (i, v) in header.iter().enumerate() {
+            let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
+            if perr(self.access.config_read(bdf, off, Width::Dword)).ok() != Some(*v) {
+                let _ = self.access.config_write(bdf, off, Width::Dword, *v);
+            }
+        }
+        if perr(self.access.config_read(bdf, 0x04, Width::Word)).ok() != Some(u32::from(command)) {
+            let _ = self
+                .access
+                .config_write(bdf, 0x04, Width::Word, u32::from(command));
+        }
+    }
+
+    /// A failed first open: the Command register goes back to what it was (bus master
+    /// off), and nothing of the half-done open stays in `state` (spec/05 §2: each step's
+    /// failure undoes the earlier steps).
+    fn undo_enable(&mut self, state: &mut PciDevice<E::Event, T>) {
+        let _ =
+            self.access
+                .config_write(state.bdf, 0x04, Width::Word, u32::from(state.saved_command));
+        state.reset_works = false;
+        state.needs_reset = false;
+        state.open = false;
+        state.irq = IrqState::new();
+        state.table().reset();
     }
 
     fn disable_irqs(&mut self, state: &mut PciDevice<E::Event, T>) {
@@ -959,6 +1000,13 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
             return Ok(0);
         }
         if active != this && active != IrqType::None {
+            return Err(Errno::EINVAL);
+        }
+        // 6.1 kept a fixed array of the vectors allocated at enable: every operation on
+        // an enabled index must stay inside it (oracle/DIFFERENCES A1: partial disable and
+        // triggers past it were EINVAL).
+        let end = u64::from(req.start) + u64::from(req.count);
+        if active == this && self.era == Era::Linux6_1 && end > u64::from(state.irq.allocated) {
             return Err(Errno::EINVAL);
         }
         if dt == irq_set_flags::DATA_EVENTFD {

@@ -124,7 +124,8 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
     ///
     /// # Errors
     /// In this order: `EFAULT` (short buffer); `EINVAL` when `argsz < 12`, `flags != 0`
-    /// or `count == 0`; `ENODEV` without a reset scope; `EINVAL` when `count` exceeds the
+    /// or `count == 0`; `ENODEV` without a reset scope (era 6.1: checked before the
+    /// count); `EINVAL` when `count` exceeds the
     /// number of affected functions; per descriptor `EBADF` (not open) / `EINVAL` (not a
     /// group); `EPERM` when an affected function has no IOMMU group; `EINVAL` when one is
     /// not bound to VFIO or its group is not among the descriptors; then the platform's
@@ -138,11 +139,24 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         let argsz = read_u32(arg, 0)?;
         let flags = read_u32(arg, 4)?;
         let count = read_u32(arg, 8)? as usize;
-        if (argsz as usize) < HOT_RESET_HEADER || flags != 0 || count == 0 {
+        if (argsz as usize) < HOT_RESET_HEADER || flags != 0 {
             return Err(Errno::EINVAL);
         }
         let bdf = state.bdf;
-        let scope = self.access.hot_reset_scope(bdf).ok_or(Errno::ENODEV)?;
+        // 6.1 looked for a reset scope before validating the count (oracle/DIFFERENCES
+        // A11: count 0 on a root-bus function was ENODEV there, EINVAL in 7.3).
+        let early_scope = if self.era == crate::Era::Linux6_1 {
+            Some(self.access.hot_reset_scope(bdf).ok_or(Errno::ENODEV)?)
+        } else {
+            None
+        };
+        if count == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let scope = match early_scope {
+            Some(s) => s,
+            None => self.access.hot_reset_scope(bdf).ok_or(Errno::ENODEV)?,
+        };
         let n = self.for_each_affected(state, scope, |_, _| Ok(()))?;
         if count > n {
             return Err(Errno::EINVAL);
@@ -220,6 +234,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
             set_disintx(&mut self.access, bdf, true);
         }
         state.open = false;
+        self.access.user_open(bdf, false);
         if state.needs_reset {
             self.release_bus_reset(state);
         }

@@ -406,6 +406,14 @@ pub trait PciAccess: ErrorType {
         None
     }
 
+    /// The core tells the platform that a user opened `dev` (`true`, first open done) or
+    /// released it (`false`, last close, before the release-time bus reset), so that
+    /// [`PciAccess::hot_reset_affected`] can report [`AffectedFunction::open`] for the
+    /// other functions of a bus. Default: nothing (the embedder tracks opens itself).
+    fn user_open(&mut self, dev: Bdf, open: bool) {
+        let _ = (dev, open);
+    }
+
     // ---- host INTx line (spec/04 §6, spec/05 §11) ----
 
     /// Requests the function's host INTx line for the core's handler (spec/04 §6.1):

@@ -11,6 +11,13 @@
 //! Iteration in IOVA order is an in-order walk with the same kind of stack: O(n) for the
 //! whole map, O(log n + k) for `k` entries from a starting point.
 //!
+//! Hot paths (MAP and UNMAP of one whole entry) descend once each: MAP finds the overlap
+//! check and the insertion point in one descent (`vacancy`, replayed by
+//! `insert_at`), UNMAP finds and removes the entry in one ([`DmaMap::remove_exact`]).
+//! Descents choose the child by indexing `[left, right]` with the comparison, so the only
+//! branches in the loop are rarely taken; slots are 32-byte aligned (one cache line per
+//! node visited).
+//!
 //! # Packing (≤ 32 bytes per mapping)
 //!
 //! `iova`, `size` and `vaddr` are multiples of the container's minimum IOMMU page size,
@@ -33,6 +40,7 @@
 
 use crate::errno::{Errno, Result};
 use crate::platform::Prot;
+use crate::type1::charge::{ChargeRun, ChargeRuns};
 
 /// An inclusive IOVA range `[first, last]` (spec/02-type1.md §0). Built only with checked
 /// arithmetic, so a range ending at 2^64 − 1 is representable and never wraps.
@@ -165,14 +173,20 @@ const COUNT_MAX: u64 = (1 << 26) - 1;
 ///
 /// Embedders provide a slice of these (initialized with [`DmaEntry::EMPTY`]); its length is
 /// the map's capacity. The content is private to the map.
+///
+/// The type is 32-byte aligned so that a slot never straddles two cache lines: a descent
+/// reads one line per node (with the natural 8-byte alignment, a slice from the global
+/// allocator typically starts 16 bytes into a line, and every other slot spans two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(align(32))]
 pub struct DmaEntry {
     iova: u64,
     size: u64,
     vaddr: u64,
-    left: u32,
-    right: u32,
+    /// Children: `[left, right]` (indexable by the direction of a descent, so the hot
+    /// loops choose a child without a branch).
+    link: [u32; 2],
 }
 
 impl DmaEntry {
@@ -181,8 +195,7 @@ impl DmaEntry {
         iova: 0,
         size: 0,
         vaddr: 0,
-        left: NIL,
-        right: NIL,
+        link: [NIL, NIL],
     };
 
     /// Bytes of storage per mapping (`size_of::<DmaEntry>()`): 32.
@@ -288,13 +301,49 @@ pub struct DmaMap<'s> {
     len: usize,
     /// log2 of the host page size, the unit of `locked_pages`.
     shift: u32,
+    /// The container's charged physical runs for exact accounting
+    /// ([`DmaMap::with_accounting`]); kept here so that every Type1 operation, which
+    /// receives the map, reaches them.
+    charges: Option<ChargeRuns<'s>>,
 }
 
 /// Path stack of a descent: node indexes and the direction taken (false = left).
+#[derive(Debug, Clone)]
 struct Path {
     nodes: [u32; MAX_DEPTH],
     right: [bool; MAX_DEPTH],
     depth: usize,
+    /// The descent was deeper than `MAX_DEPTH` (impossible for a valid AVL tree).
+    overflow: bool,
+}
+
+/// Where an entry would be inserted: the descent of [`DmaMap::vacancy`], replayed by
+/// [`DmaMap::insert_at`] without searching again.
+#[derive(Debug, Clone)]
+pub(crate) struct Vacancy {
+    path: Path,
+    /// The map's root and length when the descent was made (a changed map is searched
+    /// again).
+    root: u32,
+    len: usize,
+}
+
+impl Vacancy {
+    /// An empty record, to be filled by [`DmaMap::vacancy`].
+    pub(crate) const fn new() -> Vacancy {
+        Vacancy {
+            path: Path::new(),
+            root: NIL,
+            len: 0,
+        }
+    }
+}
+
+/// Last byte covered by a stored node. Stored entries have a size ≥ 4 KiB and never wrap
+/// past 2^64 − 1 (`insert` checks), so plain wrapping arithmetic is exact.
+#[inline(always)]
+fn node_last(node: &DmaEntry) -> u64 {
+    (node.iova & !LOW).wrapping_add((node.size & !LOW).wrapping_sub(1))
 }
 
 impl Path {
@@ -303,6 +352,7 @@ impl Path {
             nodes: [NIL; MAX_DEPTH],
             right: [false; MAX_DEPTH],
             depth: 0,
+            overflow: false,
         }
     }
 
@@ -328,6 +378,40 @@ impl<'s> DmaMap<'s> {
             high: 0,
             len: 0,
             shift: 12,
+            charges: None,
+        }
+    }
+
+    /// An empty map (as [`DmaMap::new`]) with storage for exact locked-memory accounting
+    /// (`runs`, see [`crate::type1::charge`]): required by
+    /// [`crate::type1::Type1Config::exact_accounting`].
+    pub fn with_accounting(storage: &'s mut [DmaEntry], runs: &'s mut [ChargeRun]) -> Self {
+        DmaMap {
+            charges: Some(ChargeRuns::new(runs)),
+            ..DmaMap::new(storage)
+        }
+    }
+
+    /// The exact-accounting runs, when the map has that storage.
+    pub fn accounting(&self) -> Option<&ChargeRuns<'s>> {
+        self.charges.as_ref()
+    }
+
+    /// Mutable access to the exact-accounting runs.
+    pub(crate) fn accounting_mut(&mut self) -> Option<&mut ChargeRuns<'s>> {
+        self.charges.as_mut()
+    }
+
+    /// Takes the runs out (to use them while the map is borrowed); put them back with
+    /// [`DmaMap::restore_accounting`].
+    pub(crate) fn take_accounting(&mut self) -> Option<ChargeRuns<'s>> {
+        self.charges.take()
+    }
+
+    /// Puts back runs taken by [`DmaMap::take_accounting`].
+    pub(crate) fn restore_accounting(&mut self, runs: Option<ChargeRuns<'s>>) {
+        if runs.is_some() {
+            self.charges = runs;
         }
     }
 
@@ -360,22 +444,22 @@ impl<'s> DmaMap<'s> {
     }
 
     fn left(&self, i: u32) -> u32 {
-        self.node(i).map_or(NIL, |n| n.left)
+        self.node(i).map_or(NIL, |n| n.link[0])
     }
 
     fn right(&self, i: u32) -> u32 {
-        self.node(i).map_or(NIL, |n| n.right)
+        self.node(i).map_or(NIL, |n| n.link[1])
     }
 
     fn set_left(&mut self, i: u32, to: u32) {
         if let Some(n) = self.nodes.get_mut(i as usize) {
-            n.left = to;
+            n.link[0] = to;
         }
     }
 
     fn set_right(&mut self, i: u32, to: u32) {
         if let Some(n) = self.nodes.get_mut(i as usize) {
-            n.right = to;
+            n.link[1] = to;
         }
     }
 
@@ -427,40 +511,34 @@ impl<'s> DmaMap<'s> {
 
     /// The entry with the lowest IOVA overlapping `range`, if any. O(log n).
     pub fn first_overlapping(&self, range: IovaRange) -> Option<EntryId> {
+        // Branch-free descent to a leaf: the answer is the node with the lowest last byte
+        // at or above `range.first` (entries are disjoint, so also the lowest IOVA).
         let mut cur = self.root;
         let mut best = NIL;
         let mut best_key = 0;
         while let Some(node) = self.nodes.get(cur as usize) {
             let key = node.iova & !LOW;
-            let last = key.saturating_add((node.size & !LOW).saturating_sub(1));
-            if last < range.first {
-                cur = node.right;
-            } else {
-                best = cur;
-                best_key = key;
-                if key <= range.first {
-                    break;
-                }
-                cur = node.left;
-            }
+            let last = node_last(node);
+            let below = last < range.first;
+            best = if below { best } else { cur };
+            best_key = if below { best_key } else { key };
+            cur = node.link[usize::from(below)];
         }
         (best != NIL && best_key <= range.last).then_some(EntryId(best))
     }
 
     /// The entry containing `iova`, if any. O(log n).
     pub fn find(&self, iova: u64) -> Option<EntryId> {
+        // Branch-free descent to a leaf keeping the node with the highest IOVA ≤ `iova`.
         let mut cur = self.root;
+        let mut best = NIL;
         while let Some(node) = self.nodes.get(cur as usize) {
-            let key = node.iova & !LOW;
-            if iova < key {
-                cur = node.left;
-            } else if iova - key >= (node.size & !LOW) {
-                cur = node.right;
-            } else {
-                return Some(EntryId(cur));
-            }
+            let above = iova >= node.iova & !LOW;
+            best = if above { cur } else { best };
+            cur = node.link[usize::from(above)];
         }
-        None
+        let node = self.nodes.get(best as usize)?;
+        (iova - (node.iova & !LOW) < node.size & !LOW).then_some(EntryId(best))
     }
 
     /// The entry following `id` in IOVA order. O(log n).
@@ -490,7 +568,7 @@ impl<'s> DmaMap<'s> {
     fn release(&mut self, i: u32) {
         if let Some(n) = self.nodes.get_mut(i as usize) {
             *n = DmaEntry {
-                left: self.free,
+                link: [self.free, NIL],
                 ..DmaEntry::EMPTY
             };
             self.free = i;
@@ -597,23 +675,58 @@ impl<'s> DmaMap<'s> {
             return Err(Errno::EINVAL);
         }
         let range = IovaRange::new(entry.iova, entry.size).map_err(|_| Errno::EINVAL)?;
-        let (iova, size, vaddr) = pack(&entry, 1, self.shift)?;
-        let mut path = Path::new();
+        pack(&entry, 1, self.shift)?;
+        let mut vacancy = Vacancy::new();
+        if !self.vacancy(range, &mut vacancy) {
+            return Err(Errno::EEXIST);
+        }
+        self.insert_at(&vacancy, &entry)
+    }
+
+    /// Finds the place where an entry covering `range` would be inserted and records it
+    /// in `out`; `false` when an entry overlaps `range`. One descent, O(log n); `out` is
+    /// valid for [`DmaMap::insert_at`] until the map is next modified structurally.
+    pub(crate) fn vacancy(&self, range: IovaRange, out: &mut Vacancy) -> bool {
+        out.root = self.root;
+        out.len = self.len;
+        let path = &mut out.path;
+        path.overflow = false;
+        let mut depth = 0;
         let mut cur = self.root;
-        while cur != NIL {
-            let go_right = if range.last < self.key(cur) {
-                false
-            } else if range.first > self.last(cur) {
-                true
-            } else {
-                return Err(Errno::EEXIST);
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let go_right = range.first > node_last(node);
+            // Non-short-circuit `&`: one rarely taken branch instead of a direction-
+            // dependent one.
+            if !go_right & (range.last >= node.iova & !LOW) {
+                path.depth = depth;
+                return false;
+            }
+            let (Some(n), Some(r)) = (path.nodes.get_mut(depth), path.right.get_mut(depth)) else {
+                path.overflow = true;
+                break;
             };
-            path.push(cur, go_right)?;
-            cur = if go_right {
-                self.right(cur)
-            } else {
-                self.left(cur)
-            };
+            *n = cur;
+            *r = go_right;
+            depth += 1;
+            cur = node.link[usize::from(go_right)];
+        }
+        path.depth = depth;
+        true
+    }
+
+    /// Inserts `entry` at `vacancy` (from [`DmaMap::vacancy`] with the entry's range, the
+    /// map unchanged since; otherwise this falls back to a fresh descent). O(log n).
+    ///
+    /// # Errors
+    /// As [`DmaMap::insert`].
+    pub(crate) fn insert_at(&mut self, vacancy: &Vacancy, entry: &Mapping) -> Result<EntryId> {
+        let (iova, size, vaddr) = pack(entry, 1, self.shift)?;
+        if vacancy.root != self.root || vacancy.len != self.len {
+            return self.insert(*entry);
+        }
+        let path = &vacancy.path;
+        if path.overflow {
+            return Err(Errno::ENOMEM);
         }
         let n = self.alloc()?;
         if let Some(slot) = self.nodes.get_mut(n as usize) {
@@ -621,11 +734,10 @@ impl<'s> DmaMap<'s> {
                 iova,
                 size,
                 vaddr,
-                left: NIL,
-                right: NIL,
+                link: [NIL, NIL],
             };
         }
-        self.relink(&path, path.depth, n);
+        self.relink(path, path.depth, n);
         self.len += 1;
         // Retrace: heights grow until a node becomes balanced or is rebalanced.
         let mut level = path.depth;
@@ -643,33 +755,52 @@ impl<'s> DmaMap<'s> {
                 continue;
             }
             let (sub, _) = self.rebalance(p, b > 0);
-            self.relink(&path, level, sub);
+            self.relink(path, level, sub);
             break;
         }
         Ok(EntryId(n))
+    }
+
+    /// Descends to the node starting at exactly `iova`, recording the path to it.
+    fn descend_exact(&self, iova: u64, path: &mut Path) -> Option<u32> {
+        let mut cur = self.root;
+        let mut depth = 0;
+        while let Some(node) = self.nodes.get(cur as usize) {
+            let k = node.iova & !LOW;
+            if iova == k {
+                path.depth = depth;
+                return Some(cur);
+            }
+            let go_right = iova > k;
+            *path.nodes.get_mut(depth)? = cur;
+            *path.right.get_mut(depth)? = go_right;
+            depth += 1;
+            cur = node.link[usize::from(go_right)];
+        }
+        None
     }
 
     /// Removes the entry starting at exactly `iova` and returns it. O(log n). Every
     /// [`EntryId`] obtained before is invalidated.
     pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
         let mut path = Path::new();
-        let mut cur = self.root;
-        while cur != NIL {
-            let k = self.key(cur);
-            if iova == k {
-                break;
-            }
-            let go_right = iova > k;
-            path.push(cur, go_right).ok()?;
-            cur = if go_right {
-                self.right(cur)
-            } else {
-                self.left(cur)
-            };
-        }
-        if cur == NIL {
+        let cur = self.descend_exact(iova, &mut path)?;
+        self.remove_at(&mut path, cur)
+    }
+
+    /// Removes and returns the entry covering exactly `range` (same first and last byte),
+    /// if there is one; otherwise leaves the map unchanged. One descent, O(log n).
+    pub fn remove_exact(&mut self, range: IovaRange) -> Option<Mapping> {
+        let mut path = Path::new();
+        let cur = self.descend_exact(range.first, &mut path)?;
+        if self.last(cur) != range.last {
             return None;
         }
+        self.remove_at(&mut path, cur)
+    }
+
+    /// Removes node `cur`, reached by `path`.
+    fn remove_at(&mut self, path: &mut Path, cur: u32) -> Option<Mapping> {
         let removed = unpack(self.node(cur)?, self.shift);
         let target_level = path.depth;
         let (l, r) = (self.left(cur), self.right(cur));
@@ -684,7 +815,7 @@ impl<'s> DmaMap<'s> {
             }
             let s_right = self.right(s);
             // Unlink s from its place (its parent is the last path node).
-            self.relink(&path, path.depth, s_right);
+            self.relink(path, path.depth, s_right);
             // s takes cur's place: links, balance, and position in the path.
             let (l, r, b) = (self.left(cur), self.right(cur), self.bal(cur));
             self.set_left(s, l);
@@ -693,10 +824,10 @@ impl<'s> DmaMap<'s> {
             if let Some(slot) = path.nodes.get_mut(target_level) {
                 *slot = s;
             }
-            self.relink(&path, target_level, s);
+            self.relink(path, target_level, s);
         } else {
             let child = if l != NIL { l } else { r };
-            self.relink(&path, target_level, child);
+            self.relink(path, target_level, child);
         }
         self.release(cur);
         self.len -= 1;
@@ -716,7 +847,7 @@ impl<'s> DmaMap<'s> {
                 continue; // height shrank
             }
             let (sub, same_height) = self.rebalance(p, b > 0);
-            self.relink(&path, level, sub);
+            self.relink(path, level, sub);
             if same_height {
                 break;
             }
@@ -724,12 +855,15 @@ impl<'s> DmaMap<'s> {
         Some(removed)
     }
 
-    /// Removes every entry. O(1).
+    /// Removes every entry (and forgets the exact-accounting runs). O(1).
     pub fn clear(&mut self) {
         self.root = NIL;
         self.free = NIL;
         self.high = 0;
         self.len = 0;
+        if let Some(runs) = self.charges.as_mut() {
+            runs.clear();
+        }
     }
 
     /// Calls `f` on every entry in ascending IOVA order, then removes them all: O(n)
@@ -877,7 +1011,7 @@ impl<'a> Iter<'a> {
             };
             *slot = n;
             self.depth += 1;
-            n = node.left;
+            n = node.link[0];
         }
     }
 
@@ -890,7 +1024,7 @@ impl<'a> Iter<'a> {
             self.depth = 0;
             return None;
         }
-        self.push_left(node.right);
+        self.push_left(node.link[1]);
         Some((n, node))
     }
 

@@ -6,12 +6,14 @@
 //! budget, and programs every domain through [`Iommu`]. Host memory is pinned and charged
 //! through [`HostMemory`]. Every multi-step operation rolls back completely on failure.
 
+pub mod charge;
 pub mod dma_map;
 pub mod iova_list;
 pub mod pgsize;
 
 use heapless::Vec;
 
+pub use charge::{ChargeRun, ChargeRuns};
 pub use dma_map::{DmaEntry, DmaMap, EntryId, IovaRange, Iter, Mapping, Mappings};
 pub use iova_list::{IovaList, MAX_IOVA_RANGES};
 pub use pgsize::decompose;
@@ -56,6 +58,16 @@ pub struct Type1Config {
     pub allow_unsafe_interrupts: bool,
     /// Which kernel's behaviour to reproduce where kernels differ.
     pub era: crate::Era,
+    /// Exact locked-memory accounting (an extension, default false): a host page pinned
+    /// by several entries of the container is charged once, and un-charged when the last
+    /// of them goes; the limit check and the rollback are as in kernel mode
+    /// (spec/02-type1.md §8). Needs storage for the charged runs
+    /// ([`DmaMap::with_accounting`], [`crate::vfio::ContainerSlot::with_accounting`]):
+    /// without it `SET_IOMMU` (and any MAP or attach that would pin) fails `EINVAL`. A
+    /// full run storage fails the MAP or attach with `ENOMEM`. In this mode
+    /// [`Mapping::locked_pages`] is 0: charges belong to the container's physical runs
+    /// ([`ChargeRuns`]), not to entries.
+    pub exact_accounting: bool,
 }
 
 impl Default for Type1Config {
@@ -64,6 +76,7 @@ impl Default for Type1Config {
             dma_entry_limit: DEFAULT_DMA_ENTRY_LIMIT,
             allow_unsafe_interrupts: false,
             era: crate::Era::Linux7_3,
+            exact_accounting: false,
         }
     }
 }
@@ -104,6 +117,9 @@ pub struct Type1 {
     v2: bool,
     config: Type1Config,
     domains: Vec<Domain, MAX_DOMAINS>,
+    /// The ids of `domains`, in the same order (kept in step so that every MAP and UNMAP
+    /// borrows them instead of collecting them).
+    ids: Vec<DomainId, MAX_DOMAINS>,
     emulated: Vec<GroupId, MAX_GROUPS>,
     dma_avail: u32,
     pgsize_bitmap: u64,
@@ -151,6 +167,7 @@ impl Type1 {
             v2,
             config,
             domains: Vec::new(),
+            ids: Vec::new(),
             emulated: Vec::new(),
             dma_avail: config.dma_entry_limit,
             pgsize_bitmap: !page_size.wrapping_sub(1),
@@ -200,6 +217,41 @@ impl Type1 {
         self.pgsize_bitmap & self.pgsize_bitmap.wrapping_neg()
     }
 
+    /// Whether exact accounting is on ([`Type1Config::exact_accounting`]).
+    pub fn exact_accounting(&self) -> bool {
+        self.config.exact_accounting
+    }
+
+    /// Checks that `map` can serve this instance: exact accounting needs run storage.
+    ///
+    /// # Errors
+    /// `EINVAL` when exact accounting is on and `map` has no run storage.
+    pub fn check_storage(&self, map: &DmaMap<'_>) -> Result<()> {
+        if self.config.exact_accounting && map.accounting().is_none() {
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    /// The runs of `map` when exact accounting is on.
+    fn exact<'m, 's>(&self, map: &'m mut DmaMap<'s>) -> Option<&'m mut ChargeRuns<'s>> {
+        if self.config.exact_accounting {
+            map.accounting_mut()
+        } else {
+            None
+        }
+    }
+
+    /// Takes the runs out of `map` when exact accounting is on (put them back with
+    /// [`DmaMap::restore_accounting`]).
+    fn take_exact<'s>(&self, map: &mut DmaMap<'s>) -> Option<ChargeRuns<'s>> {
+        if self.config.exact_accounting {
+            map.take_accounting()
+        } else {
+            None
+        }
+    }
+
     /// How many more entries may be created.
     pub fn dma_avail(&self) -> u32 {
         self.dma_avail
@@ -227,8 +279,13 @@ impl Type1 {
         self.emulated.contains(&group) || self.domains.iter().any(|d| d.groups.contains(&group))
     }
 
-    fn domain_ids(&self) -> Vec<DomainId, MAX_DOMAINS> {
-        self.domains.iter().map(|d| d.info.id).collect()
+    fn domain_ids(&self) -> &[DomainId] {
+        &self.ids
+    }
+
+    /// Refreshes `ids` after `domains` changed.
+    fn sync_ids(&mut self) {
+        self.ids = self.domains.iter().map(|d| d.info.id).collect();
     }
 
     fn recompute_pgsize(&mut self, page_size: u64) {
@@ -333,6 +390,7 @@ impl Type1 {
                 groups,
             },
         );
+        self.sync_ids();
         self.recompute_pgsize(memory.page_size());
         self.iova_list = list;
         Ok(())
@@ -343,6 +401,22 @@ impl Type1 {
     fn replay<I: Iommu, M: HostMemory>(
         &mut self,
         map: &mut DmaMap<'_>,
+        iommu: &mut I,
+        memory: &mut M,
+        new: DomainId,
+    ) -> Result<()> {
+        self.check_storage(map)?;
+        let mut runs = self.take_exact(map);
+        let result = self.replay_with(map, runs.as_mut(), iommu, memory, new);
+        map.restore_accounting(runs);
+        result
+    }
+
+    /// [`Type1::replay`] with the exact-accounting runs taken out of `map`.
+    fn replay_with<I: Iommu, M: HostMemory>(
+        &mut self,
+        map: &mut DmaMap<'_>,
+        mut runs: Option<&mut ChargeRuns<'_>>,
         iommu: &mut I,
         memory: &mut M,
         new: DomainId,
@@ -360,14 +434,21 @@ impl Type1 {
                 Some(src) if entry.iommu_mapped => {
                     copy_translations(iommu, src, new, entry.iova, entry.size, entry.prot, page)
                 }
-                _ => pin_and_map(iommu, memory, &[new], &entry, page).and_then(|charged| {
-                    entry.locked_pages = charged;
-                    entry.iommu_mapped = true;
-                    map.set(id, &entry).inspect_err(|_| {
-                        unmap_and_unpin(iommu, memory, &[new], entry.iova, entry.size, page);
-                        memory.charge(-to_i64(charged));
-                    })
-                }),
+                _ => pin_and_map(iommu, memory, &[new], &entry, page, runs.as_deref_mut())
+                    .and_then(|charged| {
+                        entry.locked_pages = charged;
+                        entry.iommu_mapped = true;
+                        map.set(id, &entry).inspect_err(|_| {
+                            unmap_and_unpin(
+                                iommu,
+                                memory,
+                                &[new],
+                                (entry.iova, entry.size, page),
+                                runs.as_deref_mut(),
+                            );
+                            memory.charge(-to_i64(charged));
+                        })
+                    }),
             };
             if let Err(e) = step {
                 failure = Some((entry.iova, e));
@@ -386,7 +467,13 @@ impl Type1 {
             // Only flags and counts change: `set` cannot fail.
             let _ = map.update_all(|entry| {
                 if entry.iova < stop && entry.iommu_mapped {
-                    unmap_and_unpin(iommu, memory, &[new], entry.iova, entry.size, page);
+                    unmap_and_unpin(
+                        iommu,
+                        memory,
+                        &[new],
+                        (entry.iova, entry.size, page),
+                        runs.as_deref_mut(),
+                    );
                     memory.charge(-to_i64(entry.locked_pages));
                     entry.locked_pages = 0;
                     entry.iommu_mapped = false;
@@ -435,6 +522,7 @@ impl Type1 {
                 if self.emulated.is_empty() {
                     self.remove_all(map, iommu, memory);
                 } else {
+                    let mut runs = self.take_exact(map);
                     // Only flags and counts change: `set` cannot fail.
                     let _ = map.update_all(|entry| {
                         if entry.iommu_mapped {
@@ -442,15 +530,15 @@ impl Type1 {
                                 iommu,
                                 memory,
                                 &[domain_id],
-                                entry.iova,
-                                entry.size,
-                                page,
+                                (entry.iova, entry.size, page),
+                                runs.as_mut(),
                             );
                             memory.charge(-to_i64(entry.locked_pages));
                             entry.locked_pages = 0;
                             entry.iommu_mapped = false;
                         }
                     });
+                    map.restore_accounting(runs);
                 }
             } else {
                 for entry in map.iter() {
@@ -458,6 +546,7 @@ impl Type1 {
                 }
             }
             self.domains.remove(index);
+            self.sync_ids();
             iommu.domain_free(domain_id);
             self.recompute_pgsize(page);
             let lo = self
@@ -495,6 +584,7 @@ impl Type1 {
             iommu.domain_free(domain.info.id);
         }
         self.domains.clear();
+        self.ids.clear();
         self.iova_list.clear();
     }
 
@@ -510,15 +600,18 @@ impl Type1 {
         let mut total: u64 = 0;
         let mut count: u32 = 0;
         let mut invalid: u32 = 0;
+        let mut runs = self.take_exact(map);
         map.drain(|entry| {
             if entry.iommu_mapped {
-                unmap_and_unpin(iommu, memory, &ids, entry.iova, entry.size, page);
+                let span = (entry.iova, entry.size, page);
+                unmap_and_unpin(iommu, memory, ids, span, runs.as_mut());
             }
             memory.charge(-to_i64(entry.locked_pages));
             total = total.wrapping_add(entry.size);
             count = count.saturating_add(1);
             invalid = invalid.saturating_add(u32::from(entry.vaddr_invalid));
         });
+        map.restore_accounting(runs);
         self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(invalid);
         self.dma_avail = self.dma_avail.saturating_add(count);
         total
@@ -536,16 +629,22 @@ impl Type1 {
         if map.remove(entry.iova).is_none() {
             return;
         }
+        let runs = self.exact(map);
+        self.release_entry(iommu, memory, entry, runs);
+    }
+
+    /// The accounting of [`Type1::remove_entry`] once `entry` is out of the map.
+    fn release_entry<I: Iommu, M: HostMemory>(
+        &mut self,
+        iommu: &mut I,
+        memory: &mut M,
+        entry: &Mapping,
+        runs: Option<&mut ChargeRuns<'_>>,
+    ) {
         if entry.iommu_mapped {
             let ids = self.domain_ids();
-            unmap_and_unpin(
-                iommu,
-                memory,
-                &ids,
-                entry.iova,
-                entry.size,
-                memory.page_size(),
-            );
+            let span = (entry.iova, entry.size, memory.page_size());
+            unmap_and_unpin(iommu, memory, ids, span, runs);
         }
         memory.charge(-to_i64(entry.locked_pages));
         if entry.vaddr_invalid {
@@ -629,9 +728,8 @@ impl Type1 {
         if (request.size | request.iova | request.vaddr) & mask != 0 {
             return Err(Errno::EINVAL);
         }
-        let found = map.first_overlapping(range);
         if vaddr_update {
-            let id = found.ok_or(Errno::ENOENT)?;
+            let id = map.first_overlapping(range).ok_or(Errno::ENOENT)?;
             let mut entry = map.get(id).ok_or(Errno::ENOENT)?;
             if !entry.vaddr_invalid || entry.iova != request.iova || entry.size != request.size {
                 return Err(Errno::EINVAL);
@@ -642,7 +740,10 @@ impl Type1 {
             self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
             return Ok(());
         }
-        if found.is_some() {
+        // One descent finds both the overlap (EEXIST) and the insertion point, which
+        // stays valid below: nothing until `insert_at` changes the map.
+        let mut vacancy = dma_map::Vacancy::new();
+        if !map.vacancy(range, &mut vacancy) {
             return Err(Errno::EEXIST);
         }
         if self.dma_avail == 0 {
@@ -668,14 +769,17 @@ impl Type1 {
         let page = memory.page_size();
         map.set_page_size(page);
         if !self.domains.is_empty() {
+            self.check_storage(map)?;
             let ids = self.domain_ids();
-            entry.locked_pages = pin_and_map(iommu, memory, &ids, &entry, page)?;
+            let runs = self.exact(map);
+            entry.locked_pages = pin_and_map(iommu, memory, ids, &entry, page, runs)?;
             entry.iommu_mapped = true;
         }
-        if let Err(e) = map.insert(entry) {
+        if let Err(e) = map.insert_at(&vacancy, &entry) {
             if entry.iommu_mapped {
                 let ids = self.domain_ids();
-                unmap_and_unpin(iommu, memory, &ids, entry.iova, entry.size, page);
+                let span = (entry.iova, entry.size, page);
+                unmap_and_unpin(iommu, memory, ids, span, self.exact(map));
                 memory.charge(-to_i64(entry.locked_pages));
             }
             return Err(e);
@@ -732,6 +836,16 @@ impl Type1 {
             }
         } else {
             bitmap = None;
+        }
+        // Fast path: a v1 or v2 UNMAP of exactly one whole entry (the usual case) passes
+        // every check below and removes just that entry; one descent finds and removes it.
+        // The range ending at 2^64 − 1 is left to the general path (era-specific rules).
+        if !all && !vaddr && bitmap.is_none() && range.last != u64::MAX {
+            if let Some(entry) = map.remove_exact(range) {
+                let runs = self.exact(map);
+                self.release_entry(iommu, memory, &entry, runs);
+                return Ok(entry.size);
+            }
         }
         let first = map.first_overlapping(range);
         let first_entry = first.and_then(|id| map.get(id));
@@ -1059,14 +1173,17 @@ fn set_bits(buffer: &mut [u8], first: u64, count: u64) -> Result<()> {
 }
 
 /// Pins `entry`'s memory run by run and maps each run into every domain of `domains`
-/// (spec/02-type1.md §6.3, §8). Returns the pages charged. On error everything done here is
-/// undone.
+/// (spec/02-type1.md §6.3, §8). Returns the pages charged to the entry. With `runs` (exact
+/// accounting), a page is charged only when no other pin of the container holds it, the
+/// charge is recorded in `runs` instead, and 0 is returned. On error everything done here
+/// is undone.
 fn pin_and_map<I: Iommu, M: HostMemory>(
     iommu: &mut I,
     memory: &mut M,
     domains: &[DomainId],
     entry: &Mapping,
     page: u64,
+    mut runs: Option<&mut ChargeRuns<'_>>,
 ) -> Result<u64> {
     let write = entry.prot.contains(Prot::WRITE);
     let mut done: u64 = 0;
@@ -1082,7 +1199,18 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                 return Err(Errno::EFAULT);
             }
             if run.kind == MemoryKind::Ram {
-                let pages = len / page;
+                let last = run.phys + (len - 1);
+                let pages = match runs.as_deref() {
+                    Some(r) => {
+                        let (fresh, slots) = r.preview(run.phys, last, page);
+                        if r.len() + slots > r.capacity() {
+                            memory.unpin(run.phys, len);
+                            return Err(Errno::ENOMEM);
+                        }
+                        fresh
+                    }
+                    None => len / page,
+                };
                 if !entry.lock_cap {
                     if let Some(limit) = memory.lock_limit_pages() {
                         if memory.locked_pages().saturating_add(pages) > limit {
@@ -1091,8 +1219,16 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                         }
                     }
                 }
-                memory.charge(pages as i64);
-                charged += pages;
+                match runs.as_deref_mut() {
+                    Some(r) => {
+                        if let Err(e) = r.add(run.phys, last, page) {
+                            memory.unpin(run.phys, len);
+                            return Err(e);
+                        }
+                    }
+                    None => charged += pages,
+                }
+                memory.charge(to_i64(pages));
             }
             for (k, &domain) in domains.iter().enumerate() {
                 if let Err(e) = iommu.map(
@@ -1105,11 +1241,18 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                     for &undo in &domains[..k] {
                         iommu.unmap(undo, entry.iova + done, len);
                     }
-                    memory.unpin(run.phys, len);
                     if run.kind == MemoryKind::Ram {
-                        let pages = len / page;
-                        memory.charge(-(pages as i64));
-                        charged -= pages;
+                        match runs.as_deref_mut() {
+                            Some(r) => unpin(memory, Some(r), run.phys, len, page),
+                            None => {
+                                memory.unpin(run.phys, len);
+                                let pages = len / page;
+                                memory.charge(-to_i64(pages));
+                                charged -= pages;
+                            }
+                        }
+                    } else {
+                        memory.unpin(run.phys, len);
                     }
                     return Err(e.errno());
                 }
@@ -1122,24 +1265,43 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
         Ok(()) => Ok(charged),
         Err(e) => {
             if done > 0 {
-                unmap_and_unpin(iommu, memory, domains, entry.iova, done, page);
+                let span = (entry.iova, done, page);
+                unmap_and_unpin(iommu, memory, domains, span, runs);
             }
-            memory.charge(-(charged as i64));
+            memory.charge(-to_i64(charged));
             Err(e)
         }
     }
 }
 
-/// Unmaps `[iova, iova + len)` from every domain and unpins the pages, finding them through
-/// the first domain's translations (spec/02-type1.md §12.2).
+/// Unpins `len` bytes from `phys`; with `runs` (exact accounting), drops the references
+/// and un-charges the pages no other pin holds.
+fn unpin<M: HostMemory>(
+    memory: &mut M,
+    runs: Option<&mut ChargeRuns<'_>>,
+    phys: u64,
+    len: u64,
+    page: u64,
+) {
+    memory.unpin(phys, len);
+    if let Some(r) = runs {
+        let released = r.remove(phys, phys + (len - 1), page);
+        memory.charge(-to_i64(released));
+    }
+}
+
+/// Unmaps `span = (iova, len, page)` from every domain and unpins the pages, finding them
+/// through the first domain's translations (spec/02-type1.md §12.2). With `runs` (exact
+/// accounting) the pages are also un-charged as their last reference goes; otherwise the
+/// caller un-charges the entry's `locked_pages`.
 fn unmap_and_unpin<I: Iommu, M: HostMemory>(
     iommu: &mut I,
     memory: &mut M,
     domains: &[DomainId],
-    iova: u64,
-    len: u64,
-    page: u64,
+    span: (u64, u64, u64),
+    mut runs: Option<&mut ChargeRuns<'_>>,
 ) {
+    let (iova, len, page) = span;
     let Some((&first, rest)) = domains.split_first() else {
         return;
     };
@@ -1153,7 +1315,7 @@ fn unmap_and_unpin<I: Iommu, M: HostMemory>(
             run = match run {
                 Some((start, n)) if start + n == phys => Some((start, n + page)),
                 Some((start, n)) => {
-                    memory.unpin(start, n);
+                    unpin(memory, runs.as_deref_mut(), start, n, page);
                     Some((phys, page))
                 }
                 None => Some((phys, page)),
@@ -1162,7 +1324,7 @@ fn unmap_and_unpin<I: Iommu, M: HostMemory>(
         offset += page;
     }
     if let Some((start, n)) = run {
-        memory.unpin(start, n);
+        unpin(memory, runs, start, n, page);
     }
     iommu.unmap(first, iova, len);
 }

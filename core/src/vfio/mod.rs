@@ -21,7 +21,9 @@ pub use driver::{
 
 use crate::errno::{Errno, Error as _, Result};
 use crate::platform::{DomainId, GroupId, HostMemory, Iommu};
-use crate::type1::{DmaEntry, DmaMap, MapDma, Mappings, Type1, Type1Config, UnmapDma, MAX_GROUPS};
+use crate::type1::{
+    ChargeRun, DmaEntry, DmaMap, MapDma, Mappings, Type1, Type1Config, UnmapDma, MAX_GROUPS,
+};
 use crate::uapi::group_flags;
 
 /// Longest device name the registry stores, in bytes (PCI names are 12: `0000:06:0d.0`).
@@ -134,6 +136,16 @@ impl<'s> ContainerSlot<'s> {
             groups: Vec::new(),
             backend: None,
             dma: DmaMap::new(dma_storage),
+        }
+    }
+
+    /// A free container slot (as [`ContainerSlot::new`]) with storage for exact
+    /// locked-memory accounting: `runs` holds the container's charged physical runs
+    /// (required by `Type1Config::exact_accounting`; see [`crate::type1::charge`]).
+    pub fn with_accounting(dma_storage: &'s mut [DmaEntry], runs: &'s mut [ChargeRun]) -> Self {
+        ContainerSlot {
+            dma: DmaMap::with_accounting(dma_storage, runs),
+            ..ContainerSlot::new(&mut [])
         }
     }
 }
@@ -554,8 +566,10 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// attaches every group, front to back.
     ///
     /// # Errors
-    /// `EINVAL` without groups or with a backend already set, or for type 9; `ENODEV` for a
-    /// type no backend offers; the first attach error (every partial attach undone).
+    /// `EINVAL` without groups or with a backend already set, for type 9, or with
+    /// `Type1Config::exact_accounting` on a container slot without run storage
+    /// ([`ContainerSlot::with_accounting`]); `ENODEV` for a type no backend offers; the
+    /// first attach error (every partial attach undone).
     pub fn set_iommu(&mut self, fd: Fd, kind: u32) -> Result<()> {
         let c = self.container_of(fd)?;
         let container = &self.containers[c];
@@ -566,6 +580,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             return Err(Errno::ENODEV);
         }
         let mut backend = Type1::open(kind, self.config.type1, self.memory.page_size())?;
+        backend.check_storage(&container.dma)?;
         let groups = container.groups.clone();
         let container = &mut self.containers[c];
         for (k, &g) in groups.iter().enumerate() {

@@ -132,6 +132,11 @@ pub enum ResetRestore {
     SaveRestore,
     /// No save/restore: config space returns to the power-on image except sticky bits.
     PowerOn,
+    /// Like real hardware after an FLR or a PM (D3hot → D0, No_Soft_Reset clear) reset
+    /// that nobody restores: the power-on image, then Command, every BAR address and the
+    /// ROM BAR read 0 (type bits kept). The core must restore them (spec/03 §5.3).
+    /// Also used by the FLR bit of Device Control and by PM resets of such a function.
+    Cleared,
 }
 
 /// Builds a [`SimFunction`] from raw config bytes and explicit BAR sizes (no validation
@@ -316,6 +321,7 @@ pub struct SimFunction {
     intx_pending: bool,
     vectors_available: Option<u16>,
     vectors: HostVectors,
+    msix_vectors: std::collections::BTreeSet<u16>,
     reset_count: u64,
 }
 
@@ -620,6 +626,7 @@ impl SimFunction {
             intx_pending: false,
             vectors_available: None,
             vectors: HostVectors::default(),
+            msix_vectors: std::collections::BTreeSet::new(),
             reset_count: 0,
         };
         f.rom_start = read_le(&f.config, 0x30, 4) & 0xffff_f800;
@@ -804,6 +811,7 @@ impl SimFunction {
     /// `EINVAL` when misaligned or past the end of config space.
     pub fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Result<(), Errno> {
         let off = self.check_access(offset, width)?;
+        let pm_from = self.pm_state();
         let mut flr = false;
         if let Some(&pcie) = self.caps.get(&0x10) {
             let devctl_hi = usize::from(pcie) + 9;
@@ -825,8 +833,66 @@ impl SimFunction {
         }
         if flr {
             self.hardware_reset();
+        } else if self.reset_restore == ResetRestore::Cleared {
+            // PM reset: D3hot → D0 with No_Soft_Reset (PMCSR bit 3) clear.
+            if let (Some(3), Some((0, pmcsr))) = (pm_from, self.pm_state_and_csr()) {
+                if pmcsr & 0x0008 == 0 {
+                    self.hardware_reset();
+                }
+            }
         }
         Ok(())
+    }
+
+    fn pm_state_and_csr(&self) -> Option<(u8, u16)> {
+        let pm = usize::from(*self.caps.get(&0x01)?);
+        let csr = read_le(&self.config, pm + 4, 2) as u16;
+        Some(((csr & 3) as u8, csr))
+    }
+
+    /// The PM capability's power state (PMCSR bits 1:0), if the function has one.
+    pub fn pm_state(&self) -> Option<u8> {
+        self.pm_state_and_csr().map(|(s, _)| s)
+    }
+
+    /// Whether the function implements PCI 2.3 INTx masking.
+    pub fn pci_2_3(&self) -> bool {
+        self.pci_2_3
+    }
+
+    /// What a reset does to config space (see [`ResetRestore`]).
+    pub fn reset_restore(&self) -> ResetRestore {
+        self.reset_restore
+    }
+
+    /// Sets what a reset does to config space.
+    pub fn set_reset_restore(&mut self, restore: ResetRestore) {
+        self.reset_restore = restore;
+    }
+
+    /// Command, BAR addresses and ROM BAR as a reset leaves them (type bits kept).
+    fn clear_decode(&mut self) {
+        self.poke_config(0x04, &[0, 0]);
+        for i in 0..6usize {
+            let at = 0x10 + 4 * i;
+            let reg = read_le(&self.config, at, 4) as u32;
+            let spec = self.bars[i];
+            let upper = i > 0
+                && self.bars[i - 1].kind == BarKind::Mem64
+                && self.bars[i - 1].size != 0
+                && spec.size == 0;
+            let keep = if upper {
+                0
+            } else if spec.size == 0 {
+                reg
+            } else if spec.kind == BarKind::Io {
+                reg & 0x3
+            } else {
+                reg & 0xf
+            };
+            self.poke_config(at, &keep.to_le_bytes());
+        }
+        self.poke_config(0x30, &[0, 0, 0, 0]);
     }
 
     /// Writes config bytes directly, bypassing the write model (the platform or a test
@@ -988,6 +1054,9 @@ impl SimFunction {
             let fresh = self.power_on.get(i).copied().unwrap_or(0);
             *b = (*b & sticky) | (fresh & !sticky);
         }
+        if self.reset_restore == ResetRestore::Cleared {
+            self.clear_decode();
+        }
         self.reset_side_effects();
     }
 
@@ -1003,7 +1072,7 @@ impl SimFunction {
     pub fn platform_reset(&mut self) {
         match self.reset_restore {
             ResetRestore::SaveRestore => self.reset_side_effects(),
-            ResetRestore::PowerOn => self.hardware_reset(),
+            ResetRestore::PowerOn | ResetRestore::Cleared => self.hardware_reset(),
         }
     }
 
@@ -1057,6 +1126,7 @@ impl SimFunction {
             let ctl = read_le(&self.config, at, 2) as u16;
             self.poke_config(at, &((ctl | 0x8000) & !0x4000).to_le_bytes());
             self.vectors.msix = n;
+            self.msix_vectors = (0..n).collect();
             Ok(n)
         } else {
             let cap = self.capability(0x05).ok_or(Errno::EINVAL)?;
@@ -1086,6 +1156,36 @@ impl SimFunction {
             self.poke_config(at, &(ctl & !0x8000).to_le_bytes());
         }
         self.vectors = HostVectors::default();
+        self.msix_vectors.clear();
+    }
+
+    /// Dynamic MSI-X: allocates host vector `vector` of the enabled MSI-X block, leaving
+    /// the others untouched (vectors in between stay unallocated). `msix` in
+    /// [`SimFunction::host_vectors`] becomes one past the highest allocated vector.
+    ///
+    /// # Errors
+    /// `EINVAL`: MSI-X is not allocated or `vector` is past the table; `ENOSPC`: the host
+    /// has no vector left ([`FunctionBuilder::vectors_available`]).
+    pub fn irq_vector_add(&mut self, vector: u16) -> Result<(), Errno> {
+        let m = self.msix.ok_or(Errno::EINVAL)?;
+        if self.vectors.msix == 0 || vector >= m.entries {
+            return Err(Errno::EINVAL);
+        }
+        if self.msix_vectors.contains(&vector) {
+            return Ok(());
+        }
+        let available = usize::from(self.vectors_available.unwrap_or(u16::MAX));
+        if self.msix_vectors.len() >= available {
+            return Err(Errno::ENOSPC);
+        }
+        self.msix_vectors.insert(vector);
+        self.vectors.msix = self.vectors.msix.max(vector + 1);
+        Ok(())
+    }
+
+    /// The MSI-X host vectors allocated, ascending (sparse with dynamic MSI-X).
+    pub fn msix_vectors(&self) -> Vec<u16> {
+        self.msix_vectors.iter().copied().collect()
     }
 
     /// The device signals MSI-X `vector`: `Some(vector)` when MSI-X is enabled in config
@@ -1093,7 +1193,7 @@ impl SimFunction {
     pub fn raise_msix(&self, vector: u16) -> Option<u16> {
         let m = self.msix?;
         let ctl = read_le(&self.config, usize::from(m.cap) + 2, 2);
-        (ctl & 0xc000 == 0x8000 && vector < self.vectors.msix).then_some(vector)
+        (ctl & 0xc000 == 0x8000 && self.msix_vectors.contains(&vector)).then_some(vector)
     }
 
     /// The device signals MSI `vector`: `Some(vector)` when MSI is enabled, the vector

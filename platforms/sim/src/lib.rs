@@ -68,5 +68,7 @@ pub use function::{
     SimFunction, WriteModel,
 };
 pub use iommu::{GroupProfile, PageTable, Pte};
-pub use machine::{Binding, DmaFault, FaultReason, SimIommu, SimMachine, SimMemory, SimPci};
+pub use machine::{
+    Binding, DmaFault, FaultReason, HostIntx, SimIommu, SimMachine, SimMemory, SimPci,
+};
 pub use memory::{AddressSpace, Backing, PhysMemory, VmRange, PAGE_SIZE};

@@ -7,8 +7,9 @@ use std::rc::Rc;
 
 use vfio_core::errno::ErrorType;
 use vfio_core::platform::{
-    BarIndex, BarKind, BarResource, Bdf, DomainId, DomainInfo, GroupId, GroupInfo, HostMemory,
-    Iommu, MsiKind, PciAccess, PinnedRun, Prot, ReservedRegion, ResetMethod, Width,
+    AffectedFunction, BarIndex, BarKind, BarResource, Bdf, DomainId, DomainInfo, FunctionFacts,
+    GroupId, GroupInfo, HostMemory, IntxLine, Iommu, MsiKind, PciAccess, PinnedRun, Prot,
+    ReservedRegion, ResetMethod, Width,
 };
 use vfio_core::Errno;
 
@@ -80,6 +81,23 @@ struct FnSlot {
     bus_reset: bool,
     slot_reset: bool,
     reset_contended: bool,
+    intx: HostIntx,
+    user_open: bool,
+}
+
+/// The host side of a function's INTx wiring: its interrupt line and what the core
+/// requested on it ([`PciAccess::intx_request`] and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HostIntx {
+    /// Host interrupt line number; `None`: no line (enabling INTx fails `ENODEV`).
+    /// Functions with the same number share the line.
+    pub line: Option<u32>,
+    /// The core's handler is installed on the line.
+    pub requested: bool,
+    /// Requested as shared (PCI 2.3 masking) rather than exclusively.
+    pub shared: bool,
+    /// The host line is enabled (not masked at the interrupt controller).
+    pub enabled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -305,6 +323,13 @@ impl SimMachine {
                 bus_reset: bdf.bus != 0,
                 slot_reset: false,
                 reset_contended: false,
+                intx: HostIntx {
+                    line: Some(0x100 + u32::from(bdf.bus) * 256 + u32::from(bdf.devfn())),
+                    requested: false,
+                    shared: false,
+                    enabled: false,
+                },
+                user_open: false,
             },
         );
         Ok(())
@@ -502,23 +527,87 @@ impl SimMachine {
     // ---- interrupts ----
 
     /// The device at `bdf` signals MSI-X `vector`: `Some(vector)` (the host vector to
-    /// deliver) when MSI-X is enabled, unmasked and the vector allocated, else `None`.
+    /// deliver) when MSI-X is enabled, not function-masked and the vector allocated (with
+    /// dynamic MSI-X, vectors between allocated ones are not), else `None`. The caller
+    /// hands `Some(v)` to the core's entry point `PciDriver::msi_fired(state, Msix, v)`.
     pub fn raise_msix(&self, bdf: Bdf, vector: u16) -> Option<u16> {
         self.with_function(bdf, |f| f.raise_msix(vector)).flatten()
     }
 
-    /// The device at `bdf` signals MSI `vector` (see [`SimFunction::raise_msi`]).
+    /// The device at `bdf` signals MSI `vector` (see [`SimFunction::raise_msi`]); hand
+    /// `Some(v)` to `PciDriver::msi_fired(state, Msi, v)`.
     pub fn raise_msi(&self, bdf: Bdf, vector: u16) -> Option<u16> {
         self.with_function(bdf, |f| f.raise_msi(vector)).flatten()
     }
 
     /// Sets the INTx level of the function at `bdf`; returns whether its pin is now
-    /// asserted (`None`: no such function).
+    /// asserted (`None`: no such function). PCI 2.3 functions do not drive the pin while
+    /// Command bit 10 (Interrupt Disable) is set, but Status bit 3 still shows the level.
     pub fn set_intx(&self, bdf: Bdf, pending: bool) -> Option<bool> {
         self.with_function(bdf, |f| {
             f.set_intx(pending);
             f.intx_asserted()
         })
+    }
+
+    /// Whether the host runs the INTx handler of `bdf` now: some function on the same
+    /// host line drives its pin, and `bdf` has requested the line and the line is enabled.
+    /// When true, the host calls the core's entry point `PciDriver::intx_fired(state)`
+    /// (which, for a shared line, answers whether the interrupt was this function's).
+    pub fn intx_would_fire(&self, bdf: Bdf) -> bool {
+        let s = self.state.borrow();
+        let Some(slot) = s.functions.get(&bdf) else {
+            return false;
+        };
+        let HostIntx {
+            line: Some(line),
+            requested: true,
+            enabled: true,
+            ..
+        } = slot.intx
+        else {
+            return false;
+        };
+        s.functions
+            .values()
+            .any(|f| f.intx.line == Some(line) && f.func.intx_asserted())
+    }
+
+    /// Drives the INTx level of `bdf` to `pending` and returns whether the host now runs
+    /// its INTx handler ([`SimMachine::intx_would_fire`]).
+    pub fn raise_intx(&self, bdf: Bdf, pending: bool) -> bool {
+        self.set_intx(bdf, pending);
+        self.intx_would_fire(bdf)
+    }
+
+    /// The host side of the INTx wiring of `bdf`.
+    pub fn host_intx(&self, bdf: Bdf) -> Option<HostIntx> {
+        self.state.borrow().functions.get(&bdf).map(|s| s.intx)
+    }
+
+    /// Wires `bdf` to host interrupt line `line` (`None`: no line). Functions with the
+    /// same line share it. Default: a line of its own per function.
+    pub fn set_intx_line(&self, bdf: Bdf, line: Option<u32>) {
+        if let Some(slot) = self.state.borrow_mut().functions.get_mut(&bdf) {
+            slot.intx.line = line;
+        }
+    }
+
+    /// Whether the core reported `bdf` as opened by a user ([`PciAccess::user_open`]).
+    pub fn user_open(&self, bdf: Bdf) -> bool {
+        self.state
+            .borrow()
+            .functions
+            .get(&bdf)
+            .is_some_and(|s| s.user_open)
+    }
+
+    /// Marks `bdf` as opened (or not) by some user outside this core (e.g. another
+    /// process): a release-time bus reset of its bus then waits.
+    pub fn set_user_open(&self, bdf: Bdf, open: bool) {
+        if let Some(slot) = self.state.borrow_mut().functions.get_mut(&bdf) {
+            slot.user_open = open;
+        }
     }
 
     // ---- resets ----
@@ -789,7 +878,15 @@ impl PciAccess for SimPci {
         }
         for b in &affected {
             if let Some(f) = s.functions.get_mut(b) {
-                f.func.platform_reset();
+                if method == ResetMethod::Function {
+                    f.func.platform_reset();
+                } else {
+                    // Linux saves and restores every function around a bus/slot reset.
+                    let saved = f.func.config_bytes();
+                    f.func.hardware_reset();
+                    f.func.poke_config(0, &saved);
+                    f.func.set_intx(false);
+                }
             }
         }
         if method != ResetMethod::Function {
@@ -809,6 +906,120 @@ impl PciAccess for SimPci {
             s.func.irq_vectors_free();
             Ok(())
         });
+    }
+
+    fn irq_vector_add(&mut self, dev: Bdf, vector: u16, _allocated: u16) -> Result<(), Errno> {
+        self.with(dev, |s| s.func.irq_vector_add(vector))
+    }
+
+    fn function_facts(&mut self, dev: Bdf) -> FunctionFacts {
+        self.with(dev, |s| {
+            Ok(FunctionFacts {
+                intx: if s.intx.line.is_some() {
+                    IntxLine::Connected
+                } else {
+                    IntxLine::Missing
+                },
+                intx_masking: s.func.pci_2_3(),
+                ..FunctionFacts::default()
+            })
+        })
+        .unwrap_or_default()
+    }
+
+    /// Functions on the same bus (`Bus`) or in the same slot (`Slot`) as `dev`, in BDF
+    /// order, with their group, whether they are bound to vfio and whether a user has
+    /// them open (`dev` itself is never reported open).
+    fn hot_reset_affected(
+        &mut self,
+        dev: Bdf,
+        scope: ResetMethod,
+        index: usize,
+    ) -> Option<AffectedFunction> {
+        let s = self.state.borrow();
+        s.functions
+            .iter()
+            .filter(|(b, _)| match scope {
+                ResetMethod::Function => **b == dev,
+                ResetMethod::Bus => b.segment == dev.segment && b.bus == dev.bus,
+                ResetMethod::Slot => {
+                    b.segment == dev.segment && b.bus == dev.bus && b.device == dev.device
+                }
+            })
+            .nth(index)
+            .map(|(b, f)| AffectedFunction {
+                bdf: *b,
+                group: Some(f.group),
+                vfio: f.binding == Binding::Vfio,
+                open: *b != dev && f.user_open,
+            })
+    }
+
+    fn user_open(&mut self, dev: Bdf, open: bool) {
+        let _ = self.with(dev, |s| {
+            s.user_open = open;
+            Ok(())
+        });
+    }
+
+    /// Installs the core's handler: `ENODEV` without a line; `EBUSY` when an exclusive
+    /// request meets a line another function has requested, or a shared request meets
+    /// an exclusive owner. The line starts disabled when `masked`.
+    fn intx_request(&mut self, dev: Bdf, shared: bool, masked: bool) -> Result<(), Errno> {
+        let mut s = self.state.borrow_mut();
+        let line = s
+            .functions
+            .get(&dev)
+            .ok_or(Errno::ENODEV)?
+            .intx
+            .line
+            .ok_or(Errno::ENODEV)?;
+        let clash = s.functions.iter().any(|(b, f)| {
+            *b != dev
+                && f.intx.line == Some(line)
+                && f.intx.requested
+                && (!shared || !f.intx.shared)
+        });
+        if clash {
+            return Err(Errno::EBUSY);
+        }
+        if let Some(slot) = s.functions.get_mut(&dev) {
+            slot.intx.requested = true;
+            slot.intx.shared = shared;
+            slot.intx.enabled = !masked;
+        }
+        Ok(())
+    }
+
+    fn intx_free(&mut self, dev: Bdf) {
+        let _ = self.with(dev, |s| {
+            s.intx.requested = false;
+            s.intx.shared = false;
+            s.intx.enabled = false;
+            Ok(())
+        });
+    }
+
+    fn intx_line_enable(&mut self, dev: Bdf, enable: bool) {
+        let _ = self.with(dev, |s| {
+            s.intx.enabled = enable;
+            Ok(())
+        });
+    }
+
+    /// Atomic by construction (the machine is single-threaded): Status bit 3 set →
+    /// DisINTx stays set, `true`; else DisINTx is cleared, `false`.
+    fn intx_check_and_unmask(&mut self, dev: Bdf) -> Result<bool, Errno> {
+        self.with(dev, |s| {
+            if s.func.pci_2_3() && s.func.intx_pending() {
+                return Ok(true);
+            }
+            let cmd = s.func.config_read(0x04, Width::Word)?;
+            if cmd & 0x0400 != 0 {
+                s.func.config_write(0x04, Width::Word, cmd & !0x0400)?;
+            }
+            Ok(false)
+        })
     }
 }
 

@@ -4,6 +4,13 @@
 //! Run with `cargo run --release -p vfio-tests --bin bench-type1`. Prints one line per
 //! figure: ns/op (or ms) for both and the ratio project/BTreeMap. The platform is a no-op
 //! IOMMU and host memory, so the figures measure the extent map and the Type1 logic.
+//!
+//! Timing on a shared machine is noisy: each figure is measured in several rounds that
+//! alternate between the project and the reference, and the best round of each is kept.
+//!
+//! `bench-type1 profile <project|btreemap> <live> <ops>` fills `live` mappings and runs
+//! `ops` pairs in [`run_pairs`] only, for instruction counts under
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*run_pairs*'`.
 
 #[path = "../../benches/kit/type1.rs"]
 mod kit;
@@ -16,16 +23,20 @@ use vfio_core::type1::DmaEntry;
 
 const CAPACITY: usize = 65535;
 
-fn pairs_ns(t: &mut dyn Tracker, live: usize, ops: usize) -> f64 {
-    let mut w = Workload::new(live, 0x5eed + live as u64);
-    w.fill(t);
-    for _ in 0..ops / 10 {
-        w.pair(t);
-    }
-    let start = Instant::now();
+/// `ops` MAP+UNMAP pairs (not inlined: the callgrind toggle point).
+#[inline(never)]
+fn run_pairs(t: &mut dyn Tracker, w: &mut Workload, ops: usize) {
     for _ in 0..ops {
         w.pair(t);
     }
+}
+
+fn pairs_ns(t: &mut dyn Tracker, live: usize, ops: usize) -> f64 {
+    let mut w = Workload::new(live, 0x5eed + live as u64);
+    w.fill(t);
+    run_pairs(t, &mut w, ops / 10);
+    let start = Instant::now();
+    run_pairs(t, &mut w, ops);
     let ns = start.elapsed().as_nanos() as f64 / ops as f64;
     t.unmap_all().expect("unmap all");
     ns
@@ -67,7 +78,46 @@ fn line(what: &str, unit: &str, project: f64, reference: f64) {
     );
 }
 
+/// Best of `rounds` alternating measurements of `f` on the project and the reference.
+fn best_of(
+    rounds: usize,
+    project: &mut dyn Tracker,
+    reference: &mut dyn Tracker,
+    mut f: impl FnMut(&mut dyn Tracker) -> f64,
+) -> (f64, f64) {
+    let (mut p, mut r) = (f64::MAX, f64::MAX);
+    for _ in 0..rounds {
+        p = p.min(f(project));
+        r = r.min(f(reference));
+    }
+    (p, r)
+}
+
+fn profile(args: &[String]) {
+    let [which, live, ops] = args else {
+        eprintln!("usage: bench-type1 profile <project|btreemap> <live> <ops>");
+        std::process::exit(2);
+    };
+    let live: usize = live.parse().expect("live");
+    let ops: usize = ops.parse().expect("ops");
+    let mut storage = vec![DmaEntry::EMPTY; CAPACITY];
+    let mut project = Project::new(&mut storage);
+    let mut reference = Reference::default();
+    let t: &mut dyn Tracker = match which.as_str() {
+        "project" => &mut project,
+        "btreemap" => &mut reference,
+        _ => panic!("unknown tracker {which}"),
+    };
+    let mut w = Workload::new(live, 0x5eed + live as u64);
+    w.fill(t);
+    run_pairs(t, &mut w, ops);
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("profile") {
+        return profile(&args[1..]);
+    }
     println!("bench-type1: Type1 v2 rules + extent map; no-op IOMMU and host memory (platform cost excluded)");
     println!(
         "memory: {} bytes per mapping (size_of::<DmaEntry>(), nodes in the embedder slice); capacity {CAPACITY}",
@@ -76,16 +126,20 @@ fn main() {
     let mut storage = vec![DmaEntry::EMPTY; CAPACITY];
     let mut project = Project::new(&mut storage);
     let mut reference = Reference::default();
+    const ROUNDS: usize = 5;
+    println!("each figure: best of {ROUNDS} alternating rounds");
     for live in [1024usize, 16384, 65535] {
-        let ops = 400_000;
-        let p = pairs_ns(&mut project, live, ops);
-        let r = pairs_ns(&mut reference, live, ops);
+        let (p, r) = best_of(ROUNDS, &mut project, &mut reference, |t| {
+            pairs_ns(t, live, 100_000)
+        });
         line(&format!("MAP+UNMAP 4KiB pair, {live} live"), "ns/op", p, r);
     }
-    let p = lookup_ns(&mut project, 65535, 1_000_000);
-    let r = lookup_ns(&mut reference, 65535, 1_000_000);
+    let (p, r) = best_of(ROUNDS, &mut project, &mut reference, |t| {
+        lookup_ns(t, 65535, 500_000)
+    });
     line("lookup covering IOVA, 65535 live", "ns/op", p, r);
-    let p = unmap_all_ms(&mut project, 65535, 5);
-    let r = unmap_all_ms(&mut reference, 65535, 5);
-    line("UNMAP ALL of 65535 (best of 5)", "ms   ", p, r);
+    let (p, r) = best_of(ROUNDS, &mut project, &mut reference, |t| {
+        unmap_all_ms(t, 65535, 1)
+    });
+    line("UNMAP ALL of 65535", "ms   ", p, r);
 }
