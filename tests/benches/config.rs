@@ -13,6 +13,18 @@
 //! After the criterion groups, a summary table repeats the comparison with a plain
 //! `Instant` loop (best of several rounds) and prints the added ns per access and the
 //! per-device RAM of the config state.
+//!
+//! Instruction counts (stable on a loaded machine): `CONFIG_BENCH_PROFILE=<N>` skips
+//! criterion and runs, for every register, `N` raw and `N` virtualized accesses, each loop
+//! in its own never-inlined function (`profile_raw_read`, `profile_virt_read`, …);
+//! `CONFIG_BENCH_ONLY=<read|write>/<register>` restricts it to one register. Run it under
+//! `valgrind --tool=callgrind --toggle-collect='*profile_virt_read*'` (or another loop)
+//! and divide the collected instructions by `N`:
+//!
+//! ```text
+//! CONFIG_BENCH_PROFILE=100000 CONFIG_BENCH_ONLY=read/pcie-devctl \
+//!   valgrind --tool=callgrind --toggle-collect='*profile_virt_read*' target/release/deps/config-*
+//! ```
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -273,7 +285,61 @@ fn summary() {
     );
 }
 
+#[inline(never)]
+fn profile_raw_read(driver: &mut Driver, off: u16, n: u32) {
+    for _ in 0..n {
+        black_box(raw_read(driver, off));
+    }
+}
+
+#[inline(never)]
+fn profile_virt_read(driver: &mut Driver, dev: &mut PciDevice<u32>, off: u16, n: u32) {
+    for _ in 0..n {
+        black_box(virt_read(driver, dev, off));
+    }
+}
+
+#[inline(never)]
+fn profile_raw_write(driver: &mut Driver, off: u16, v: u32, n: u32) {
+    for _ in 0..n {
+        raw_write(driver, off, v);
+    }
+}
+
+#[inline(never)]
+fn profile_virt_write(driver: &mut Driver, dev: &mut PciDevice<u32>, off: u16, v: u32, n: u32) {
+    for _ in 0..n {
+        virt_write(driver, dev, off, v);
+    }
+}
+
+/// The `CONFIG_BENCH_PROFILE` mode (see the module documentation).
+fn profile(n: u32, only: Option<&str>) {
+    let (mut driver, mut dev) = open();
+    let wanted = |kind: &str, name: &str| only.is_none_or(|o| o == format!("{kind}/{name}"));
+    for &(name, off) in READS {
+        if wanted("read", name) {
+            profile_raw_read(&mut driver, off, n);
+            profile_virt_read(&mut driver, &mut dev, off, n);
+        }
+    }
+    for &(name, off) in WRITES {
+        if wanted("write", name) {
+            let v = phys(&mut driver, off);
+            profile_raw_write(&mut driver, off, v, n);
+            profile_virt_write(&mut driver, &mut dev, off, v, n);
+        }
+    }
+}
+
 fn main() {
+    if let Some(n) = std::env::var("CONFIG_BENCH_PROFILE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        profile(n, std::env::var("CONFIG_BENCH_ONLY").ok().as_deref());
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();

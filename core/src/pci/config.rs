@@ -3,7 +3,8 @@
 //!
 //! Memory: one [`ConfigSpace`] is a 4096-byte virtual copy plus a sorted table of at most
 //! [`CAP_TABLE_CAPACITY`] capability entries (8 bytes each) and a few scalars, about
-//! 4.5 KiB. Byte ownership is found by binary search in the table instead of a per-byte map.
+//! 4.5 KiB. Byte ownership is found by binary search in the table instead of a per-byte map;
+//! a 48-byte per-dword index answers it in one load for the standard space (0x40–0xFF).
 
 use heapless::Vec;
 
@@ -12,7 +13,7 @@ use crate::platform::{
     BarIndex, BarKind, Bdf, FunctionFacts, IntxLine, PciAccess, ResetMethod, Width,
 };
 
-use super::perm::{self, Policy};
+use super::perm::{self, Access, Policy};
 
 /// Largest config space in bytes (PCIe).
 pub const CONFIG_SPACE_MAX: usize = 4096;
@@ -27,6 +28,14 @@ pub const MAX_EXTENDED_CAPS: usize = 480;
 /// capabilities are invisible to the user's walk and their bytes are reached raw, like
 /// the gaps of spec/03 §3.4); [`ConfigSpace::truncated`] then reports it.
 pub const CAP_TABLE_CAPACITY: usize = 48;
+
+/// Dwords of the standard capability area 0x40–0xFF, indexed by [`ConfigSpace`]'s owner
+/// index.
+const STD_DWORDS: usize = (0x100 - 0x40) / 4;
+/// Owner index entry flag: the whole dword has one owner, given by the low 7 bits (0 = raw,
+/// `i + 1` = capability `i`). Without it (the initial 0), the owner is searched.
+const UNIFORM: u8 = 0x80;
+const _: () = assert!(CAP_TABLE_CAPACITY < 0x7F);
 
 /// Status register bit 4: capability list present.
 const STATUS_CAP_LIST: u16 = 0x0010;
@@ -223,6 +232,9 @@ impl core::fmt::Display for ChainDefect {
 pub struct ConfigSpace {
     vconfig: [u8; CONFIG_SPACE_MAX],
     caps: Vec<CapEntry, CAP_TABLE_CAPACITY>,
+    /// Owner of each dword of 0x40–0xFF when one owner holds all four bytes
+    /// ([`UNIFORM`] entries), built with the table; 0 = look it up in the table.
+    std_owner: [u8; STD_DWORDS],
     size: u16,
     rbar: [u32; 7],
     bardirty: bool,
@@ -265,11 +277,17 @@ fn err<E: crate::errno::Error>(e: E) -> Errno {
     e.errno()
 }
 
+#[inline]
 fn le(bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .enumerate()
-        .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (8 * i)))
+    match *bytes {
+        [a, b, c, d] => u32::from_le_bytes([a, b, c, d]),
+        [a, b] => u32::from(u16::from_le_bytes([a, b])),
+        [a] => u32::from(a),
+        _ => bytes
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (8 * i))),
+    }
 }
 
 /// Reads `width` bytes of phys at `off` for the walk: naturally aligned accesses only
@@ -292,26 +310,21 @@ fn walk_read<A: PciAccess>(acc: &mut A, bdf: Bdf, size: u16, off: u16, n: u16) -
     Ok(v)
 }
 
-/// Little-endian `(virt, write)` masks of `width` bytes of `table` from `offset`, in one
-/// pass over the table (same result as [`perm::chunk_masks`]; registers never overlap).
-fn chunk_masks(table: &[perm::RegPerm], offset: u16, width: usize) -> (u32, u32) {
-    let end = offset.saturating_add(width.min(4) as u16);
-    let mut virt = 0u32;
-    let mut write = 0u32;
-    for r in table {
-        let r_end = r.offset.saturating_add(u16::from(r.size));
-        if r.offset >= end || r_end <= offset {
-            continue;
-        }
-        for b in r.offset.max(offset)..r_end.min(end) {
-            let src = u32::from(b - r.offset) * 8;
-            let dst = u32::from(b - offset) * 8;
-            virt |= ((r.virt >> src) & 0xFF) << dst;
-            write |= ((r.write >> src) & 0xFF) << dst;
+/// Stores the low `out.len()` bytes of `value` little-endian (fixed-size copies for 1, 2
+/// and 4 bytes).
+#[inline]
+fn put_le(out: &mut [u8], value: u32) {
+    let b = value.to_le_bytes();
+    match out {
+        [o0, o1, o2, o3] => [*o0, *o1, *o2, *o3] = b,
+        [o0, o1] => [*o0, *o1] = [b[0], b[1]],
+        [o0] => *o0 = b[0],
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (value >> (8 * i)) as u8;
+            }
         }
     }
-    debug_assert_eq!((virt, write), perm::chunk_masks(table, offset, width));
-    (virt, write)
 }
 
 fn bit(map: &mut [u32], idx: usize) -> bool {
@@ -333,6 +346,7 @@ impl ConfigSpace {
         ConfigSpace {
             vconfig: [0; CONFIG_SPACE_MAX],
             caps: Vec::new(),
+            std_owner: [0; STD_DWORDS],
             size: 0,
             rbar: [0; 7],
             bardirty: false,
@@ -419,6 +433,7 @@ impl ConfigSpace {
         u16::from(self.v8(off)) | (u16::from(self.v8(off.saturating_add(1))) << 8)
     }
 
+    #[inline]
     fn vget(&self, off: u16, width: usize) -> u32 {
         let start = usize::from(off);
         self.vconfig
@@ -427,12 +442,11 @@ impl ConfigSpace {
             .unwrap_or(0)
     }
 
+    #[inline]
     fn vset(&mut self, off: u16, width: usize, value: u32) {
         let start = usize::from(off);
         if let Some(s) = self.vconfig.get_mut(start..start.saturating_add(width)) {
-            for (i, b) in s.iter_mut().enumerate() {
-                *b = (value >> (8 * i)) as u8;
-            }
+            put_le(s, value);
         }
     }
 
@@ -467,6 +481,40 @@ impl ConfigSpace {
                 self.msi.map(|m| m.1).unwrap_or(0),
             ),
         }
+    }
+
+    /// [`ConfigSpace::policy`] with the table's precomputed masks (the access path).
+    #[inline]
+    fn access(&self, c: &CapEntry) -> Access {
+        match c.visibility {
+            CapVisibility::Placeholder => Access::FirstHidden,
+            _ => perm::access_for(
+                c.id,
+                matches!(c.space, CapSpace::Extended),
+                self.msi.map(|m| m.1).unwrap_or(0),
+            ),
+        }
+    }
+
+    /// Fills the standard-space owner index from the capability table (after the walk).
+    fn index_owners(&mut self) {
+        let mut index = [0u8; STD_DWORDS];
+        for (d, slot) in index.iter_mut().enumerate() {
+            let base = 0x40 + 4 * d as u16;
+            let owner = self.owner(base);
+            if (1..4).any(|k| self.owner(base + k) != owner) {
+                continue;
+            }
+            *slot = match owner {
+                Owner::Raw => UNIFORM,
+                Owner::Capability(i) => match u8::try_from(i + 1) {
+                    Ok(e) if e < UNIFORM => UNIFORM | e,
+                    _ => 0,
+                },
+                Owner::Header => 0,
+            };
+        }
+        self.std_owner = index;
     }
 
     /// How config byte `pos` is handled by a one-byte access (spec/03 §3.2–§3.4): owner,
@@ -555,6 +603,7 @@ impl ConfigSpace {
         if extended {
             self.walk_extended(acc, bdf)?;
         }
+        self.index_owners();
         Ok(())
     }
 
@@ -1024,9 +1073,36 @@ impl ConfigSpace {
 
     /// Splits `[pos, pos+len)` into the next chunk (spec/03 §3.1 step 4): the owner of
     /// `pos` and the chunk width in bytes.
+    #[inline]
     fn chunk(&self, pos: u16, remaining: usize) -> (Owner, usize) {
-        let owner = self.owner(pos);
         let boundary = 4 - usize::from(pos % 4);
+        let (owner, run) = if pos < 0x40 {
+            // The header is 0x00–0x3F: dword aligned, one owner.
+            (Owner::Header, boundary)
+        } else {
+            match self.std_owner.get(usize::from(pos / 4).wrapping_sub(0x10)) {
+                // One owner for the whole dword: the run ends with the dword.
+                Some(&e) if e & UNIFORM != 0 => match e & !UNIFORM {
+                    0 => (Owner::Raw, boundary),
+                    i => (Owner::Capability(usize::from(i - 1)), boundary),
+                },
+                _ => self.chunk_slow(pos, boundary),
+            }
+        };
+        let n = remaining.min(run);
+        let w = if n >= 4 && pos % 4 == 0 {
+            4
+        } else if n >= 2 && pos % 2 == 0 {
+            2
+        } else {
+            1
+        };
+        (owner, w)
+    }
+
+    /// Owner and run of the chunk at `pos` (at most `boundary` bytes) from the table.
+    fn chunk_slow(&self, pos: u16, boundary: usize) -> (Owner, usize) {
+        let owner = self.owner(pos);
         let run = match owner {
             // The header is 0x00–0x3F: dword aligned, one owner.
             Owner::Header => boundary,
@@ -1042,17 +1118,10 @@ impl ConfigSpace {
                 run
             }
         };
-        let n = remaining.min(run);
-        let w = if n >= 4 && pos % 4 == 0 {
-            4
-        } else if n >= 2 && pos % 2 == 0 {
-            2
-        } else {
-            1
-        };
-        (owner, w)
+        (owner, run)
     }
 
+    #[inline]
     fn check_range(&self, pos: u64, len: usize) -> Result<u16> {
         let end = pos.checked_add(len as u64).ok_or(Errno::EFAULT)?;
         if pos >= u64::from(self.size) || end > u64::from(self.size) {
@@ -1083,9 +1152,7 @@ impl ConfigSpace {
             let (owner, w) = self.chunk(p, buf.len() - done);
             let v = self.read_chunk(acc, bdf, owner, p, w)?;
             if let Some(out) = buf.get_mut(done..done + w) {
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = (v >> (8 * i)) as u8;
-                }
+                put_le(out, v);
             }
             done += w;
         }
@@ -1121,28 +1188,51 @@ impl ConfigSpace {
         Ok(done)
     }
 
+    #[inline]
     fn phys_read<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize) -> Result<u32> {
-        let width = Width::from_bytes(w).ok_or(Errno::EINVAL)?;
-        acc.config_read(bdf, pos, width).map_err(err)
+        // One call per width: each sees a constant width, so the platform's access can be
+        // specialized for it when inlined.
+        match w {
+            4 => acc.config_read(bdf, pos, Width::Dword),
+            2 => acc.config_read(bdf, pos, Width::Word),
+            1 => acc.config_read(bdf, pos, Width::Byte),
+            _ => return Err(Errno::EINVAL),
+        }
+        .map_err(err)
     }
 
+    #[inline]
     fn phys_write<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize, v: u32) -> Result<()> {
-        let width = Width::from_bytes(w).ok_or(Errno::EINVAL)?;
-        acc.config_write(bdf, pos, width, v & width.mask())
-            .map_err(err)
+        // As in `phys_read`: a constant width per call.
+        match w {
+            4 => acc.config_write(bdf, pos, Width::Dword, v),
+            2 => acc.config_write(bdf, pos, Width::Word, v & Width::Word.mask()),
+            1 => acc.config_write(bdf, pos, Width::Byte, v & Width::Byte.mask()),
+            _ => return Err(Errno::EINVAL),
+        }
+        .map_err(err)
     }
 
+    /// Little-endian `(virt, write)` masks of the `w` bytes at `off` of `table`.
+    #[inline]
+    fn masks(table: &perm::Table, off: u16, w: usize) -> (u32, u32) {
+        let m = table.masks(off, w);
+        debug_assert_eq!(m, perm::chunk_masks(table.regs, off, w));
+        m
+    }
+
+    #[inline(always)]
     fn default_read<A: PciAccess>(
         &self,
         acc: &mut A,
         bdf: Bdf,
-        table: &[perm::RegPerm],
+        table: &perm::Table,
         off: u16,
         pos: u16,
         w: usize,
     ) -> Result<u32> {
-        let full = Width::from_bytes(w).map(Width::mask).unwrap_or(0);
-        let (virt, _) = chunk_masks(table, off, w);
+        let full = perm::width_mask(w);
+        let (virt, _) = Self::masks(table, off, w);
         let v = self.vget(pos, w);
         if virt & full == full {
             return Ok(v);
@@ -1152,17 +1242,18 @@ impl ConfigSpace {
     }
 
     #[allow(clippy::too_many_arguments)] // one chunk: table, offsets, width, value
+    #[inline(always)]
     fn default_write<A: PciAccess>(
         &mut self,
         acc: &mut A,
         bdf: Bdf,
-        table: &[perm::RegPerm],
+        table: &perm::Table,
         off: u16,
         pos: u16,
         w: usize,
         u: u32,
     ) -> Result<()> {
-        let (virt, write) = chunk_masks(table, off, w);
+        let (virt, write) = Self::masks(table, off, w);
         if write == 0 {
             return Ok(());
         }
@@ -1179,6 +1270,7 @@ impl ConfigSpace {
         Ok(())
     }
 
+    #[inline]
     fn read_chunk<A: PciAccess>(
         &mut self,
         acc: &mut A,
@@ -1194,7 +1286,7 @@ impl ConfigSpace {
                 if in_bar && self.bardirty {
                     self.bar_fixup(acc, bdf)?;
                 }
-                let v = self.default_read(acc, bdf, perm::HEADER, pos, pos, w)?;
+                let v = self.default_read(acc, bdf, &perm::HEADER_T, pos, pos, w)?;
                 if pos == 0x04 && self.no_command_memory() {
                     return Ok(v | u32::from(CMD_MEMORY));
                 }
@@ -1203,10 +1295,10 @@ impl ConfigSpace {
             Owner::Capability(i) => {
                 let c = *self.caps.get(i).ok_or(Errno::EINVAL)?;
                 let off = pos - c.offset;
-                match self.policy(&c) {
-                    Policy::Table(t) => self.default_read(acc, bdf, t, off, pos, w),
-                    Policy::FirstHidden => Ok(self.vget(pos, w)),
-                    Policy::Direct { .. } => {
+                match self.access(&c) {
+                    Access::Table(t) => self.default_read(acc, bdf, t, off, pos, w),
+                    Access::FirstHidden => Ok(self.vget(pos, w)),
+                    Access::Direct { .. } => {
                         // Header bytes that are wholly virtual need no hardware read.
                         let header_only = match c.space {
                             CapSpace::Extended => usize::from(off) + w <= 4,
@@ -1247,8 +1339,8 @@ impl ConfigSpace {
             Owner::Capability(i) => {
                 let c = *self.caps.get(i).ok_or(Errno::EINVAL)?;
                 let off = pos - c.offset;
-                match self.policy(&c) {
-                    Policy::Table(t) => {
+                match self.access(&c) {
+                    Access::Table(t) => {
                         let rq_before = self.v16(c.offset.saturating_add(8)) & 0x7000;
                         self.default_write(acc, bdf, t, off, pos, w, u)?;
                         if c.space == CapSpace::Standard {
@@ -1260,8 +1352,8 @@ impl ConfigSpace {
                         }
                         Ok(())
                     }
-                    Policy::Direct { raw_write: true } => Self::phys_write(acc, bdf, pos, w, u),
-                    Policy::Direct { raw_write: false } | Policy::FirstHidden => Ok(()),
+                    Access::Direct { raw_write: true } => Self::phys_write(acc, bdf, pos, w, u),
+                    Access::Direct { raw_write: false } | Access::FirstHidden => Ok(()),
                 }
             }
         }
@@ -1293,7 +1385,7 @@ impl ConfigSpace {
                 self.restore_bars(acc, bdf)?;
             }
         }
-        self.default_write(acc, bdf, perm::HEADER, pos, pos, w, u)?;
+        self.default_write(acc, bdf, &perm::HEADER_T, pos, pos, w, u)?;
         if pos == 0x04 {
             let c = (self.vcommand() & !(CMD_IO | CMD_MEMORY)) | (u as u16 & (CMD_IO | CMD_MEMORY));
             self.vset(0x04, 2, u32::from(c));

@@ -133,14 +133,14 @@ pub const AER: &[RegPerm] = &[
 /// quirk: the writable byte is ecap+8).
 pub const POWER_BUDGET: &[RegPerm] = &[reg(0x00, 4, ALL, 0), reg(0x08, 1, 0, 0xFF)];
 
-/// The MSI table for Message Control `flags` read from hardware at open (spec/03 §4.7):
-/// bit 7 = 64-bit address, bit 8 = per-vector masking.
-pub const fn msi_table(flags: u16) -> &'static [RegPerm] {
+/// The MSI table for Message Control `flags` read at open (spec/03 §4.7): bit 7 = 64-bit
+/// address, bit 8 = per-vector masking.
+const fn msi_t(flags: u16) -> &'static Table {
     match (flags & 0x0080 != 0, flags & 0x0100 != 0) {
-        (false, false) => MSI_32,
-        (true, false) => MSI_64,
-        (false, true) => MSI_32_MASK,
-        (true, true) => MSI_64_MASK,
+        (false, false) => &MSI_32_T,
+        (true, false) => &MSI_64_T,
+        (false, true) => &MSI_32_MASK_T,
+        (true, true) => &MSI_64_MASK_T,
     }
 }
 
@@ -167,26 +167,154 @@ pub enum Policy {
 /// Standard IDs without a table (AGP, HT, MSI-X, SATA, …) get the §4.13 default: direct
 /// read, writes dropped. Extended IDs without a table get §4.12: direct read, writes dropped.
 pub const fn policy_for(id: u16, extended: bool, msi_flags: u16) -> Policy {
+    match access_for(id, extended, msi_flags) {
+        Access::Table(t) => Policy::Table(t.regs),
+        Access::Direct { raw_write } => Policy::Direct { raw_write },
+        Access::FirstHidden => Policy::FirstHidden,
+    }
+}
+
+/// [`Policy`] of the access path: a table comes with its precomputed masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// [`Policy::Table`].
+    Table(&'static Table),
+    /// [`Policy::Direct`].
+    Direct {
+        /// Writes go to hardware unfiltered.
+        raw_write: bool,
+    },
+    /// [`Policy::FirstHidden`].
+    FirstHidden,
+}
+
+/// The access of a kept capability (same mapping as [`policy_for`], which is built on it).
+#[inline]
+pub(crate) const fn access_for(id: u16, extended: bool, msi_flags: u16) -> Access {
     if extended {
         match id {
-            0x01 => Policy::Table(AER),
-            0x04 => Policy::Table(POWER_BUDGET),
-            0x0B | 0x23 => Policy::Direct { raw_write: true },
-            _ => Policy::Direct { raw_write: false },
+            0x01 => Access::Table(&AER_T),
+            0x04 => Access::Table(&POWER_BUDGET_T),
+            0x0B | 0x23 => Access::Direct { raw_write: true },
+            _ => Access::Direct { raw_write: false },
         }
     } else {
         match id {
-            0x01 => Policy::Table(PM),
-            0x03 => Policy::Table(VPD),
-            0x05 => Policy::Table(msi_table(msi_flags)),
-            0x07 => Policy::Table(PCIX),
-            0x09 => Policy::Direct { raw_write: true },
-            0x10 => Policy::Table(PCIE),
-            0x13 => Policy::Table(AF),
-            _ => Policy::Direct { raw_write: false },
+            0x01 => Access::Table(&PM_T),
+            0x03 => Access::Table(&VPD_T),
+            0x05 => Access::Table(msi_t(msi_flags)),
+            0x07 => Access::Table(&PCIX_T),
+            0x09 => Access::Direct { raw_write: true },
+            0x10 => Access::Table(&PCIE_T),
+            0x13 => Access::Table(&AF_T),
+            _ => Access::Direct { raw_write: false },
         }
     }
 }
+
+/// A permission table with its `(virt, write)` masks precomputed per dword of the table
+/// (dword `i` covers table offsets `4i..4i+4`, little-endian), so the access path finds the
+/// masks of any chunk with two loads instead of a scan of the registers.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Table {
+    /// The registers (spec/03 §4).
+    pub regs: &'static [RegPerm],
+    /// `(virt, write)` per dword; bytes past the end are `(0, 0)`.
+    pub dwords: &'static [(u32, u32)],
+}
+
+impl Table {
+    /// Little-endian `(virt, write)` masks of `width` (1, 2 or 4) bytes from table offset
+    /// `offset`: the same result as [`chunk_masks`] on [`Table::regs`].
+    #[inline]
+    pub fn masks(&self, offset: u16, width: usize) -> (u32, u32) {
+        let d = usize::from(offset / 4);
+        let (v0, w0) = self.dwords.get(d).copied().unwrap_or((0, 0));
+        let (v1, w1) = self.dwords.get(d + 1).copied().unwrap_or((0, 0));
+        let shift = u32::from(offset % 4) * 8;
+        let full = width_mask(width);
+        let v = ((u64::from(v1) << 32 | u64::from(v0)) >> shift) as u32;
+        let w = ((u64::from(w1) << 32 | u64::from(w0)) >> shift) as u32;
+        (v & full, w & full)
+    }
+}
+
+/// Mask of the low `width` bytes (width ≤ 4; 0 for 0).
+#[inline]
+pub(crate) const fn width_mask(width: usize) -> u32 {
+    match width {
+        0 => 0,
+        1 => 0xFF,
+        2 => 0xFFFF,
+        3 => 0x00FF_FFFF,
+        _ => ALL,
+    }
+}
+
+/// Dwords needed to cover every register of `table`.
+const fn table_dwords(table: &[RegPerm]) -> usize {
+    let mut end = 0usize;
+    let mut i = 0;
+    while i < table.len() {
+        let e = table[i].offset as usize + table[i].size as usize;
+        if e > end {
+            end = e;
+        }
+        i += 1;
+    }
+    end.div_ceil(4)
+}
+
+/// Per-dword masks of `table` (compile time; [`byte_masks`] byte by byte: the first
+/// register holding a byte decides).
+const fn dword_masks<const N: usize>(table: &[RegPerm]) -> [(u32, u32); N] {
+    let mut out = [(0u32, 0u32); N];
+    let mut byte = 0usize;
+    while byte < N * 4 {
+        let mut i = 0;
+        while i < table.len() {
+            let r = table[i];
+            let start = r.offset as usize;
+            if byte >= start && byte < start + r.size as usize {
+                let src = ((byte - start) * 8) as u32;
+                let dst = ((byte % 4) * 8) as u32;
+                out[byte / 4].0 |= ((r.virt >> src) & 0xFF) << dst;
+                out[byte / 4].1 |= ((r.write >> src) & 0xFF) << dst;
+                break;
+            }
+            i += 1;
+        }
+        byte += 1;
+    }
+    out
+}
+
+/// Defines `$name: Table` for the register list `$regs`, its masks computed at compile time.
+macro_rules! table {
+    ($name:ident, $regs:ident) => {
+        pub(crate) const $name: Table = Table {
+            regs: $regs,
+            dwords: &{
+                const N: usize = table_dwords($regs);
+                const M: [(u32, u32); N] = dword_masks::<N>($regs);
+                M
+            },
+        };
+    };
+}
+
+table!(HEADER_T, HEADER);
+table!(PM_T, PM);
+table!(VPD_T, VPD);
+table!(PCIX_T, PCIX);
+table!(PCIE_T, PCIE);
+table!(AF_T, AF);
+table!(MSI_32_T, MSI_32);
+table!(MSI_64_T, MSI_64);
+table!(MSI_32_MASK_T, MSI_32_MASK);
+table!(MSI_64_MASK_T, MSI_64_MASK);
+table!(AER_T, AER);
+table!(POWER_BUDGET_T, POWER_BUDGET);
 
 /// Per-byte `(virt, write)` masks of byte `offset` of a table (0 for unlisted bytes).
 pub fn byte_masks(table: &[RegPerm], offset: u16) -> (u8, u8) {
@@ -282,8 +410,54 @@ mod tests {
 
     #[test]
     fn msi_table_is_chosen_by_layout_bits() {
-        assert_eq!(msi_table(0x0080), MSI_64);
-        assert_eq!(msi_table(0x0180), MSI_64_MASK);
+        assert_eq!(msi_t(0x0080).regs, MSI_64);
+        assert_eq!(msi_t(0x0180).regs, MSI_64_MASK);
         assert_eq!(chunk_masks(MSI_64_MASK, 0x10, 4), (0, ALL));
+    }
+
+    #[test]
+    fn precomputed_masks_match_the_tables_at_every_offset_and_width() {
+        let tables = [
+            (&HEADER_T, HEADER),
+            (&PM_T, PM),
+            (&VPD_T, VPD),
+            (&PCIX_T, PCIX),
+            (&PCIE_T, PCIE),
+            (&AF_T, AF),
+            (&MSI_32_T, MSI_32),
+            (&MSI_64_T, MSI_64),
+            (&MSI_32_MASK_T, MSI_32_MASK),
+            (&MSI_64_MASK_T, MSI_64_MASK),
+            (&AER_T, AER),
+            (&POWER_BUDGET_T, POWER_BUDGET),
+        ];
+        for (t, regs) in tables {
+            assert_eq!(t.regs, regs);
+            for off in 0..0x40u16 {
+                for w in [1usize, 2, 3, 4] {
+                    assert_eq!(t.masks(off, w), chunk_masks(regs, off, w), "{off:#x}/{w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn policy_for_names_the_table_of_the_access() {
+        for extended in [false, true] {
+            for id in 0..0x40u16 {
+                for flags in [0u16, 0x80, 0x100, 0x180] {
+                    let p = policy_for(id, extended, flags);
+                    match access_for(id, extended, flags) {
+                        Access::Table(t) => assert_eq!(p, Policy::Table(t.regs)),
+                        Access::Direct { raw_write } => {
+                            assert_eq!(p, Policy::Direct { raw_write })
+                        }
+                        Access::FirstHidden => assert_eq!(p, Policy::FirstHidden),
+                    }
+                }
+            }
+        }
+        assert_eq!(policy_for(0x05, false, 0x180), Policy::Table(MSI_64_MASK));
+        assert_eq!(policy_for(0x10, false, 0), Policy::Table(PCIE));
     }
 }
