@@ -346,8 +346,10 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         let r = state
             .config
             .write(&mut self.access, bdf, pos, data, msi_active, &mut fx);
-        state.table().set_virq_disabled(state.config.virq_disabled);
+        // The virtual INTx disable only changes when the write reports it (WriteEffects),
+        // so the interrupt path's copy is updated only then.
         if let Some(dis) = fx.intx_disable {
+            state.table().set_virq_disabled(dis);
             if dis {
                 self.intx_mask(state);
             } else {
