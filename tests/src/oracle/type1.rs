@@ -24,6 +24,7 @@ use vfio_core::{Era, Errno};
 
 use super::Tally;
 use crate::fixture::{Env, FixtureIommu, FixtureMemory, FixtureSpec, TemplateDevice};
+use crate::runner::IoctlArg;
 
 /// Virtual address of the oracle's 32 MiB read-write buffer (`buf+…`).
 const BUF: u64 = 0x7f00_0000_0000;
@@ -277,11 +278,27 @@ struct Replay<'v, 's> {
     kind: u32,
     /// The device file opened by `GROUP_GET_DEVICE_FD`, closed before the group leaves.
     device: Option<Fd>,
+    /// Drive the typed API through the harness's own encoder
+    /// ([`crate::registry::typed_ioctl`]) instead of the byte-level dispatcher.
+    typed: bool,
 }
 
 impl Replay<'_, '_> {
     fn ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64, Errno> {
-        self.vfio.ioctl(fd, request, Arg::Buffer(buf))
+        self.call(fd, request, Arg::Buffer(buf))
+    }
+
+    /// One ioctl through the selected path: `Vfio::ioctl` (ABI) or the typed API.
+    fn call(&mut self, fd: Fd, request: u32, arg: Arg<'_>) -> Result<i64, Errno> {
+        if !self.typed {
+            return self.vfio.ioctl(fd, request, arg);
+        }
+        let arg = match arg {
+            Arg::None => IoctlArg::None,
+            Arg::Value(v) => IoctlArg::Value(v),
+            Arg::Buffer(b) => IoctlArg::Buffer(b),
+        };
+        crate::registry::typed_ioctl(self.vfio, fd, request, arg)
     }
 
     fn step(&mut self, t: &mut Tally, ctx: &str, step: &Value) {
@@ -318,9 +335,7 @@ impl Replay<'_, '_> {
                 if let Some(dev) = self.device.take() {
                     let _ = self.vfio.close(dev);
                 }
-                let r = self
-                    .vfio
-                    .ioctl(self.group, ioctl::GROUP_UNSET_CONTAINER, Arg::None);
+                let r = self.call(self.group, ioctl::GROUP_UNSET_CONTAINER, Arg::None);
                 check_ret(t, &r);
             }
             "GROUP_GET_DEVICE_FD" => {
@@ -340,7 +355,7 @@ impl Replay<'_, '_> {
                 } else {
                     self.kind
                 };
-                let r = self.vfio.ioctl(
+                let r = self.call(
                     self.container,
                     ioctl::SET_IOMMU,
                     Arg::Value(u64::from(kind)),
@@ -370,8 +385,7 @@ impl Replay<'_, '_> {
                         continue;
                     };
                     let got = self
-                        .vfio
-                        .ioctl(self.container, ioctl::CHECK_EXTENSION, Arg::Value(arg))
+                        .call(self.container, ioctl::CHECK_EXTENSION, Arg::Value(arg))
                         .unwrap_or(-1);
                     t.check(ctx, &format!("extension {name}"), want, got);
                 }
@@ -437,6 +451,9 @@ impl Replay<'_, '_> {
                 if dirty {
                     put64(&mut buf, 24, 0x1000);
                     put64(&mut buf, 32, 8);
+                    // vfio_bitmap.data: the bitmap follows the structure (the ABI's
+                    // convention, which the typed encoder reads from this field).
+                    put64(&mut buf, 40, 48);
                 }
                 let r = self.ioctl(self.container, ioctl::IOMMU_UNMAP_DMA, &mut buf);
                 check_ret(t, &r);
@@ -464,6 +481,7 @@ impl Replay<'_, '_> {
                 put64(&mut buf, 16, field(step, "size").unwrap_or(0));
                 put64(&mut buf, 24, field(step, "pgsize").unwrap_or(0));
                 put64(&mut buf, 32, bitmap_size);
+                put64(&mut buf, 40, 48);
                 let r = self.ioctl(self.container, ioctl::IOMMU_DIRTY_PAGES, &mut buf);
                 check_ret(t, &r);
                 if let Some(want) = field(step, "bits_set") {
@@ -483,6 +501,27 @@ impl Replay<'_, '_> {
 /// A message when the file cannot be read or parsed, or lacks the GET_INFO that describes
 /// the platform.
 pub fn replay(path: &Path, era: Era) -> Result<Tally, String> {
+    let abi = replay_path(path, era, false)?;
+    let typed = replay_path(path, era, true)?;
+    let mut tally = abi.clone();
+    tally.check(
+        &path.display().to_string(),
+        "typed API and dispatcher agree (passed, failed)",
+        (abi.passed, abi.failed),
+        (typed.passed, typed.failed),
+    );
+    tally.failed += typed.failed;
+    tally.mismatches.extend(
+        typed
+            .mismatches
+            .into_iter()
+            .map(|m| format!("[typed path] {m}")),
+    );
+    Ok(tally)
+}
+
+/// Replays one Type1 file through one path (`typed`: the typed API, else `Vfio::ioctl`).
+fn replay_path(path: &Path, era: Era, typed: bool) -> Result<Tally, String> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
@@ -561,6 +600,7 @@ pub fn replay(path: &Path, era: Era) -> Result<Tally, String> {
         bdf,
         kind,
         device: None,
+        typed,
     };
     let _ = replay.group_id;
     let mut tally = Tally::default();
