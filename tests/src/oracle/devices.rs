@@ -767,6 +767,66 @@ fn le32(buf: &[u8], at: usize) -> u64 {
     })
 }
 
+/// The eventfd the probe registers in its IOEVENTFD cases.
+const MISC_EVENTFD: i32 = 900;
+
+/// The `VFIO_DEVICE_FEATURE` buffer a `misc_ioctls` label describes (the 6.1 README, item
+/// 12: PROBE of features 0..9, VF token SET on a non-PF, argsz/flag errors).
+fn misc_feature(label: &str) -> Option<Vec<u8>> {
+    use uapi::feature_flags::{GET, PROBE, SET};
+    let rest = label.strip_prefix("DEVICE_FEATURE ")?;
+    let (argsz, flags, payload): (u32, u32, usize) = match rest {
+        "SET PCI_VF_TOKEN" => (24, SET | uapi::feature::PCI_VF_TOKEN, 16),
+        "argsz<minsz" => (4, PROBE | GET, 0),
+        "unknown flag bit 20" => (8, PROBE | GET | (1 << 20), 0),
+        _ => {
+            let (dirs, n) = if let Some(n) = rest.strip_prefix("PROBE|GET|SET feature ") {
+                (PROBE | GET | SET, n)
+            } else {
+                (PROBE | SET, rest.strip_prefix("PROBE|SET feature ")?)
+            };
+            (8, dirs | n.parse::<u32>().ok()?, 0)
+        }
+    };
+    let mut b = Vec::new();
+    b.extend_from_slice(&argsz.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.resize(8 + payload, 0);
+    Some(b)
+}
+
+/// The `VFIO_DEVICE_IOEVENTFD` buffer a `misc_ioctls` label describes: BAR0 cases with an
+/// eventfd, data 0 ("past BAR end": the last 2 bytes of BAR0 with size 4; "config region":
+/// region 7).
+fn misc_ioeventfd(label: &str, bar0: u64) -> Option<Vec<u8>> {
+    use uapi::ioeventfd_flags::{SIZE_16, SIZE_32, SIZE_64};
+    let (argsz, flags, offset, fd): (u32, u32, u64, i32) = match label {
+        "IOEVENTFD 32 BAR0+0 (probe only, then removed)" => (32, SIZE_32, 0, MISC_EVENTFD),
+        "IOEVENTFD remove fd=-1" | "IOEVENTFD remove again fd=-1" => (32, SIZE_32, 0, -1),
+        "IOEVENTFD two sizes" => (32, SIZE_32 | SIZE_16, 0, MISC_EVENTFD),
+        "IOEVENTFD no size" => (32, 0, 0, MISC_EVENTFD),
+        "IOEVENTFD unaligned" => (32, SIZE_32, 2, MISC_EVENTFD),
+        "IOEVENTFD config region" => (
+            32,
+            SIZE_32,
+            u64::from(uapi::region_index::CONFIG) << 40,
+            MISC_EVENTFD,
+        ),
+        "IOEVENTFD past BAR end" => (32, SIZE_32, bar0.saturating_sub(2), MISC_EVENTFD),
+        "IOEVENTFD 64" => (32, SIZE_64, 0, -1),
+        "IOEVENTFD argsz small" => (27, SIZE_32, 0, MISC_EVENTFD),
+        _ => return None,
+    };
+    let mut b = Vec::new();
+    b.extend_from_slice(&argsz.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&fd.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    Some(b)
+}
+
 fn replay_misc(
     t: &mut Tally,
     name: &str,
@@ -776,6 +836,7 @@ fn replay_misc(
 ) {
     let group = hot_reset_model(doc, driver.access_mut());
     let fds = ReplayFds { group };
+    let bar0 = doc.pointer("/regions/0/size").and_then(num).unwrap_or(0);
     let steps = doc
         .get("misc_ioctls")
         .and_then(Value::as_array)
@@ -821,22 +882,23 @@ fn replay_misc(
                 (Vec::new(), uapi::vfio_io(n))
             }
             l if l.starts_with("DEVICE_FEATURE") => {
-                t.exclusions.push(
-                    "misc_ioctls DEVICE_FEATURE (PROBE of features 0..9, VF token, argsz/flag \
-                     errors): VFIO_DEVICE_FEATURE is not implemented by the core (ENOTTY); \
-                     the kernel supports LOW_POWER_ENTRY/EXIT (3..5), which needs runtime PM"
-                        .into(),
-                );
+                let Some(mut b) = misc_feature(l) else {
+                    t.exclusions
+                        .push(format!("misc_ioctls \"{l}\": label not understood"));
+                    continue;
+                };
+                let got = vfio_core::vfio::device_feature(driver, dev, &mut b);
+                t.check(&ctx, "result", outcome(st), ours(&got, |v| *v));
                 continue;
             }
             l if l.starts_with("IOEVENTFD") => {
-                t.exclusions.push(
-                    "misc_ioctls IOEVENTFD: VFIO_DEVICE_IOEVENTFD is not implemented by the \
-                     core (ENOTTY); accepting registrations it never services would be wrong \
-                     (ERRATA 5 records the kernel's sizes and ENODEV)"
-                        .into(),
-                );
-                continue;
+                driver.events_mut().fds.insert(MISC_EVENTFD, MockFd::Event);
+                let Some(b) = misc_ioeventfd(l, bar0) else {
+                    t.exclusions
+                        .push(format!("misc_ioctls \"{l}\": label not understood"));
+                    continue;
+                };
+                (b, ioctl::DEVICE_IOEVENTFD)
             }
             _ => {
                 t.exclusions.push(
