@@ -397,6 +397,9 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             ioctl::DEVICE_RESET => {
                 self.with_device(fd, |driver, state| driver.reset(state).map(|()| 0))
             }
+            ioctl::DEVICE_FEATURE => self.with_device(fd, |driver, state| {
+                crate::vfio::device_feature(driver, state, buf)
+            }),
             _ => self.device_ioctl_with_fds(fd, request, buf),
         }
     }

@@ -29,6 +29,8 @@
 //!   is a VFIO device that is not open.
 
 mod config;
+mod feature;
+mod ioeventfd;
 mod irq;
 mod perm;
 pub mod reset;
@@ -40,6 +42,8 @@ pub use config::{
     BytePermission, CapEntry, CapSpace, CapVisibility, ChainDefect, ChainDefectKind, ConfigSpace,
     MsixInfo, Owner, CAP_TABLE_CAPACITY, CONFIG_SPACE_MAX, MAX_EXTENDED_CAPS, MAX_STANDARD_CAPS,
 };
+pub use feature::LowPower;
+pub use ioeventfd::{Ioeventfd, IoeventfdTable, IOEVENTFD_CAPACITY};
 pub use irq::{IrqTable, MAX_VECTORS, NO_TOKEN};
 pub use perm::{cap_name, policy_for, Policy, RegPerm};
 
@@ -60,6 +64,7 @@ use crate::uapi::{
 use crate::vfio::driver::{
     BusDriver, CapChain, DeviceInfo, FdResolver, IrqInfo, IrqSetRequest, RegionInfo,
 };
+use crate::vfio::FeatureRequest;
 
 /// Page size assumed for mmap eligibility of sub-page BARs (spec/05 §7), bytes.
 pub const PAGE_SIZE: u64 = 4096;
@@ -117,6 +122,8 @@ pub struct PciDevice<Ev, T = IrqTable> {
     saved_command: u16,
     config: ConfigSpace,
     irq: IrqState<Ev>,
+    ioeventfds: IoeventfdTable<Ev>,
+    low_power: LowPower<Ev>,
     table: T,
 }
 
@@ -140,6 +147,8 @@ impl<Ev: Copy, T: Borrow<IrqTable>> PciDevice<Ev, T> {
             saved_command: 0,
             config: ConfigSpace::new(),
             irq: IrqState::new(),
+            ioeventfds: IoeventfdTable::new(),
+            low_power: LowPower::Off,
             table,
         }
     }
@@ -1228,6 +1237,11 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> BusDriver for PciDriver<A,
     /// open, BARs and the Command register as saved at open restored (the core's stand-in
     /// for the platform's saved config state).
     fn close_device(&mut self, state: &mut Self::State) {
+        self.ioeventfd_clear(state);
+        if state.low_power != LowPower::Off {
+            state.low_power = LowPower::Off;
+            let _ = self.access.runtime_low_power(state.bdf, false);
+        }
         self.do_close(state);
     }
 
@@ -1303,45 +1317,82 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> BusDriver for PciDriver<A,
         request: &IrqSetRequest,
         data: &[u8],
     ) -> Result<u32> {
-        let action = request.action();
-        let supported = match request.index {
-            irq_index::INTX => irq_set_flags::ACTION_TYPE_MASK,
-            irq_index::MSI | irq_index::MSIX | irq_index::ERR | irq_index::REQ => {
-                irq_set_flags::ACTION_TRIGGER
-            }
-            _ => 0,
-        };
-        if action.count_ones() != 1 || action & supported == 0 {
-            return Err(Errno::ENOTTY);
-        }
-        match request.index {
-            irq_index::INTX => self.set_intx(state, request, data),
-            irq_index::MSI | irq_index::MSIX => self.set_msi(state, request, data),
-            _ => self.set_single(state, request, data),
-        }
+        let resumed = self.pm_get(state);
+        let r = self.do_set_irqs(state, request, data);
+        self.pm_put(state, resumed);
+        r
     }
 
     /// `VFIO_DEVICE_RESET` (spec/05 §4.2): `EINVAL` without a working reset; else the
     /// platform's function reset (its errno), then hardware BARs are restored if the
     /// reset lost them (spec/03 §5.3) and the Command register is put back.
     fn reset(&mut self, state: &mut Self::State) -> Result<()> {
-        if !state.reset_works {
-            return Err(Errno::EINVAL);
-        }
-        let bdf = state.bdf;
-        let cmd = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
-        perr(self.access.reset(bdf, ResetMethod::Function))?;
-        if state.config.bars_lost(&mut self.access, bdf)? {
-            state.config.restore_bars(&mut self.access, bdf)?;
-        }
-        let now = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
-        if now != cmd {
-            perr(self.access.config_write(bdf, 0x04, Width::Word, cmd))?;
-        }
-        Ok(())
+        let resumed = self.pm_get(state);
+        let r = self.do_reset(state);
+        self.pm_put(state, resumed);
+        r
     }
 
     fn read(&mut self, state: &mut Self::State, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let resumed = self.pm_get(state);
+        let r = self.do_read(state, offset, buf);
+        self.pm_put(state, resumed);
+        r
+    }
+
+    fn write(&mut self, state: &mut Self::State, offset: u64, data: &[u8]) -> Result<usize> {
+        let resumed = self.pm_get(state);
+        let r = self.do_write(state, offset, data);
+        self.pm_put(state, resumed);
+        r
+    }
+
+    fn request(&mut self, state: &mut Self::State, count: u32) {
+        let signalled = state.table().request(&self.events);
+        if !signalled && count == 0 {
+            vfio_warn!("pci: device request with no REQ trigger; blocked until released");
+        }
+    }
+
+    fn device_feature(
+        &mut self,
+        state: &mut Self::State,
+        request: &FeatureRequest,
+        payload: &mut [u8],
+    ) -> Result<i64> {
+        self.feature(state, request, payload)
+    }
+
+    fn ioctl(&mut self, state: &mut Self::State, request: u32, arg: &mut [u8]) -> Result<i64> {
+        self.ioctl_with_fds(state, request, arg, &reset::NoFds)
+    }
+
+    fn ioctl_with_fds(
+        &mut self,
+        state: &mut Self::State,
+        request: u32,
+        arg: &mut [u8],
+        fds: &dyn FdResolver,
+    ) -> Result<i64> {
+        let resumed = self.pm_get(state);
+        let r = match request {
+            ioctl::DEVICE_GET_PCI_HOT_RESET_INFO => self.hot_reset_info(state, arg).map(|()| 0),
+            ioctl::DEVICE_PCI_HOT_RESET => self.hot_reset(state, arg, fds).map(|()| 0),
+            ioctl::DEVICE_IOEVENTFD => self.ioeventfd(state, arg).map(|()| 0),
+            _ => Err(Errno::ENOTTY),
+        };
+        self.pm_put(state, resumed);
+        r
+    }
+}
+
+impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
+    fn do_read(
+        &mut self,
+        state: &mut PciDevice<E::Event, T>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -1363,7 +1414,12 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> BusDriver for PciDriver<A,
         }
     }
 
-    fn write(&mut self, state: &mut Self::State, offset: u64, data: &[u8]) -> Result<usize> {
+    fn do_write(
+        &mut self,
+        state: &mut PciDevice<E::Event, T>,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -1381,28 +1437,47 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> BusDriver for PciDriver<A,
         }
     }
 
-    fn request(&mut self, state: &mut Self::State, count: u32) {
-        let signalled = state.table().request(&self.events);
-        if !signalled && count == 0 {
-            vfio_warn!("pci: device request with no REQ trigger; blocked until released");
-        }
-    }
-
-    fn ioctl(&mut self, state: &mut Self::State, request: u32, arg: &mut [u8]) -> Result<i64> {
-        self.ioctl_with_fds(state, request, arg, &reset::NoFds)
-    }
-
-    fn ioctl_with_fds(
+    fn do_set_irqs(
         &mut self,
-        state: &mut Self::State,
-        request: u32,
-        arg: &mut [u8],
-        fds: &dyn FdResolver,
-    ) -> Result<i64> {
-        match request {
-            ioctl::DEVICE_GET_PCI_HOT_RESET_INFO => self.hot_reset_info(state, arg).map(|()| 0),
-            ioctl::DEVICE_PCI_HOT_RESET => self.hot_reset(state, arg, fds).map(|()| 0),
-            _ => Err(Errno::ENOTTY),
+        state: &mut PciDevice<E::Event, T>,
+        request: &IrqSetRequest,
+        data: &[u8],
+    ) -> Result<u32> {
+        let action = request.action();
+        let supported = match request.index {
+            irq_index::INTX => irq_set_flags::ACTION_TYPE_MASK,
+            irq_index::MSI | irq_index::MSIX | irq_index::ERR | irq_index::REQ => {
+                irq_set_flags::ACTION_TRIGGER
+            }
+            _ => 0,
+        };
+        if action.count_ones() != 1 || action & supported == 0 {
+            return Err(Errno::ENOTTY);
         }
+        match request.index {
+            irq_index::INTX => self.set_intx(state, request, data),
+            irq_index::MSI | irq_index::MSIX => self.set_msi(state, request, data),
+            _ => self.set_single(state, request, data),
+        }
+    }
+
+    /// `VFIO_DEVICE_RESET` (spec/05 §4.2): `EINVAL` without a working reset; else the
+    /// platform's function reset (its errno), then hardware BARs are restored if the
+    /// reset lost them (spec/03 §5.3) and the Command register is put back.
+    fn do_reset(&mut self, state: &mut PciDevice<E::Event, T>) -> Result<()> {
+        if !state.reset_works {
+            return Err(Errno::EINVAL);
+        }
+        let bdf = state.bdf;
+        let cmd = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
+        perr(self.access.reset(bdf, ResetMethod::Function))?;
+        if state.config.bars_lost(&mut self.access, bdf)? {
+            state.config.restore_bars(&mut self.access, bdf)?;
+        }
+        let now = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
+        if now != cmd {
+            perr(self.access.config_write(bdf, 0x04, Width::Word, cmd))?;
+        }
+        Ok(())
     }
 }

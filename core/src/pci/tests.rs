@@ -1100,3 +1100,234 @@ fn msix_table_outside_its_bar_is_refused_with_enomem() {
         Err(Errno::ENOMEM)
     );
 }
+
+// ------------------------------------------------------------------ ioeventfd, features
+
+fn ioeventfd_buf(argsz: u32, flags: u32, offset: u64, data: u64, fd: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&argsz.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&data.to_le_bytes());
+    b.extend_from_slice(&fd.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b
+}
+
+fn ioev(
+    d: &mut Driver,
+    s: &mut PciDevice<u32>,
+    flags: u32,
+    off: u64,
+    data: u64,
+    fd: i32,
+) -> Result<i64> {
+    let mut b = ioeventfd_buf(32, flags, off, data, fd);
+    d.ioctl(s, ioctl::DEVICE_IOEVENTFD, &mut b)
+}
+
+const BAR2: u64 = 2 << 40;
+
+#[test]
+fn ioeventfd_validation_follows_the_oracle_order() {
+    use crate::uapi::ioeventfd_flags::{SIZE_16, SIZE_32, SIZE_64};
+    let (mut d, mut s) = open(MockPci::standard());
+    // argsz small, unknown flag, two sizes, no size, fd < -1.
+    let mut b = ioeventfd_buf(27, SIZE_32, 0, 0, -1);
+    assert_eq!(
+        d.ioctl(&mut s, ioctl::DEVICE_IOEVENTFD, &mut b),
+        Err(Errno::EINVAL)
+    );
+    let mut short = std::vec![0u8; 20];
+    assert_eq!(
+        d.ioctl(&mut s, ioctl::DEVICE_IOEVENTFD, &mut short),
+        Err(Errno::EFAULT)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32 | 0x10, 0, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32 | SIZE_16, 0, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(ioev(&mut d, &mut s, 0, 0, 0, 5), Err(Errno::EINVAL));
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0, 0, -2), Err(Errno::EINVAL));
+    // Config region, ROM, past the BAR end, absent BAR, MSI-X table overlap.
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, CFG, 0, 5), Err(Errno::EINVAL));
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 6 << 40, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 0x3FFD, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 1 << 40, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_16, 0x1FFF, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 0x20F0, 0, 5),
+        Err(Errno::EINVAL)
+    );
+    // ERRATA 5: size 8 accepted on 64-bit hosts, ENODEV from the lookup with fd -1.
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_64, BAR2, 0, -1),
+        Err(Errno::ENODEV)
+    );
+    // Unaligned is fine; the sink's resolve errors come last.
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 2, 7, 5), Ok(0));
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 0x10, 7, 150),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 0x10, 7, 250),
+        Err(Errno::EBADF)
+    );
+    assert_eq!(s.ioeventfds().len(), 1);
+}
+
+#[test]
+fn ioeventfd_keys_duplicates_removal_and_capacity() {
+    use crate::uapi::ioeventfd_flags::{SIZE_32, SIZE_8};
+    let (mut d, mut s) = open(MockPci::standard());
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0, 1, 5), Ok(0));
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0, 1, 6), Err(Errno::EEXIST));
+    // Another data value or size is another key.
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0, 2, 6), Ok(0));
+    assert_eq!(ioev(&mut d, &mut s, SIZE_8, 0, 1, 6), Ok(0));
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0, 1, -1), Ok(0));
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0, 1, -1), Err(Errno::ENODEV));
+    assert_eq!(s.ioeventfds().len(), 2);
+    for i in s.ioeventfds().len()..IOEVENTFD_CAPACITY {
+        assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0x100, i as u64, 7), Ok(0));
+    }
+    assert_eq!(
+        ioev(&mut d, &mut s, SIZE_32, 0x100, 999, 7),
+        Err(Errno::ENOSPC)
+    );
+    // Removal still works when full; the last close drops everything.
+    assert_eq!(ioev(&mut d, &mut s, SIZE_8, 0, 1, -1), Ok(0));
+    d.close_device(&mut s);
+    assert!(s.ioeventfds().is_empty());
+}
+
+#[test]
+fn ioeventfd_signal_writes_the_bar_only_with_memory_enabled() {
+    use crate::uapi::ioeventfd_flags::{SIZE_16, SIZE_32};
+    let (mut d, mut s) = open(MockPci::standard());
+    assert_eq!(ioev(&mut d, &mut s, SIZE_32, 0x102, 0xAABB_CCDD, 9), Ok(0));
+    assert_eq!(ioev(&mut d, &mut s, SIZE_16, 0x200, 0x1_2345, 9), Ok(0));
+    wr(&mut d, &mut s, 0x04, 2, 0);
+    let before = d.access().bar_writes;
+    assert_eq!(
+        d.ioeventfd_signalled(&mut s, 9),
+        0,
+        "memory decode off: skipped"
+    );
+    assert_eq!(d.access().bar_writes, before);
+    wr(&mut d, &mut s, 0x04, 2, u32::from(CMD_MEMORY));
+    assert_eq!(d.ioeventfd_signalled(&mut s, 8), 0, "unregistered event");
+    assert_eq!(d.ioeventfd_signalled(&mut s, 9), 2);
+    // One access of the registered width each, even unaligned.
+    assert_eq!(d.access().bar_writes, before + 2);
+    assert_eq!(&d.access().bar0[0x102..0x106], &[0xDD, 0xCC, 0xBB, 0xAA]);
+    assert_eq!(&d.access().bar0[0x200..0x203], &[0x45, 0x23, 0x00]);
+}
+
+fn feat(
+    d: &mut Driver,
+    s: &mut PciDevice<u32>,
+    argsz: u32,
+    flags: u32,
+    payload: &[u8],
+) -> Result<i64> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&argsz.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(payload);
+    crate::vfio::device_feature(d, s, &mut b)
+}
+
+#[test]
+fn device_features_answer_like_vfio_pci() {
+    use crate::uapi::feature_flags::{GET, PROBE, SET};
+    let (mut d, mut s) = open(MockPci::standard());
+    for f in [0, 1, 2, 6, 7, 8, 9, 10, 11, 13, 14, 15] {
+        for dirs in [PROBE | GET, PROBE | SET, PROBE, 0] {
+            assert_eq!(
+                feat(&mut d, &mut s, 8, dirs | f, &[]),
+                Err(Errno::ENOTTY),
+                "{f} {dirs:#x}"
+            );
+        }
+    }
+    for f in 3..=5 {
+        assert_eq!(
+            feat(&mut d, &mut s, 8, PROBE | GET | SET | f, &[]),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(feat(&mut d, &mut s, 8, PROBE | SET | f, &[]), Ok(0));
+        assert_eq!(feat(&mut d, &mut s, 8, PROBE | f, &[]), Ok(0));
+        assert_eq!(feat(&mut d, &mut s, 8, f, &[]), Err(Errno::EINVAL));
+    }
+    // 7.3: MIG_PRECOPY_INFOv2 EINVAL; 6.1: ENOTTY.
+    assert_eq!(feat(&mut d, &mut s, 8, PROBE | 12, &[]), Err(Errno::EINVAL));
+    let mut d61 =
+        PciDriver::new(MockPci::standard(), MockEvents::default()).with_era(Era::Linux6_1);
+    let mut s61 = PciDevice::new(bdf());
+    d61.open_device(&mut s61).unwrap();
+    assert_eq!(
+        feat(&mut d61, &mut s61, 8, PROBE | 12, &[]),
+        Err(Errno::ENOTTY)
+    );
+    // Generic checks.
+    assert_eq!(
+        feat(&mut d, &mut s, 4, PROBE | SET | 3, &[]),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(feat(&mut d, &mut s, 8, 1 << 20, &[]), Err(Errno::EINVAL));
+    assert_eq!(
+        feat(&mut d, &mut s, 16, GET | SET | 1, &[0; 8]),
+        Err(Errno::EINVAL)
+    );
+}
+
+#[test]
+fn low_power_entry_exit_and_wakeup() {
+    use crate::uapi::feature_flags::SET;
+    let (mut d, mut s) = open(MockPci::standard());
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 3, &[]), Ok(0));
+    assert_eq!(s.low_power(), LowPower::On { wakeup: None });
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 3, &[]), Err(Errno::EINVAL));
+    // An access without wakeup leaves the request standing.
+    assert_eq!(rd(&mut d, &mut s, 0, 2), 0x8086);
+    assert_eq!(s.low_power(), LowPower::On { wakeup: None });
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 5, &[]), Ok(0));
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 5, &[]), Ok(0));
+    assert_eq!(s.low_power(), LowPower::Off);
+    // Wakeup: payload needed, fd -1 refused, exit signals.
+    let mut p = Vec::new();
+    p.extend_from_slice(&(-1i32).to_le_bytes());
+    p.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(feat(&mut d, &mut s, 16, SET | 4, &p), Err(Errno::EINVAL));
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 4, &[]), Err(Errno::EINVAL));
+    p[..4].copy_from_slice(&42i32.to_le_bytes());
+    p[4..].copy_from_slice(&7u32.to_le_bytes());
+    assert_eq!(feat(&mut d, &mut s, 16, SET | 4, &p), Ok(0));
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 5, &[]), Ok(0));
+    assert_eq!(d.events().signals.borrow().as_slice(), &[42]);
+    // An access with the wakeup armed signals and ends low power.
+    assert_eq!(feat(&mut d, &mut s, 16, SET | 4, &p), Ok(0));
+    assert_eq!(rd(&mut d, &mut s, 0, 2), 0x8086);
+    assert_eq!(s.low_power(), LowPower::Off);
+    assert_eq!(d.events().signals.borrow().as_slice(), &[42, 42]);
+    assert_eq!(feat(&mut d, &mut s, 8, SET | 5, &[]), Ok(0));
+    assert_eq!(d.events().signals.borrow().len(), 2);
+}

@@ -414,6 +414,19 @@ pub trait PciAccess: ErrorType {
         let _ = (dev, open);
     }
 
+    /// Runtime low power (`VFIO_DEVICE_FEATURE` LOW_POWER_ENTRY/EXIT): the user allows the
+    /// host to suspend the function (`low_power` true: Linux puts it into D3hot) or takes
+    /// it back (`false`; also called around each device access made while the user's
+    /// low-power request stands, as Linux resumes the function for the access). Default:
+    /// `Ok(())` without touching the function (the power state stays D0).
+    ///
+    /// # Errors
+    /// The platform's, returned from the feature request.
+    fn runtime_low_power(&mut self, dev: Bdf, low_power: bool) -> Result<(), Self::Error> {
+        let _ = (dev, low_power);
+        Ok(())
+    }
+
     // ---- host INTx line (spec/04 §6, spec/05 §11) ----
 
     /// Requests the function's host INTx line for the core's handler (spec/04 §6.1):
@@ -743,5 +756,14 @@ pub trait EventSink {
     fn token_event(&self, token: u32) -> Option<Self::Event> {
         let _ = token;
         None
+    }
+
+    /// Starts (`watch` true) or stops watching `event` for a `VFIO_DEVICE_IOEVENTFD`
+    /// registration (spec/05 §6.6). While watched, each time the user signals the event
+    /// the host calls [`crate::pci::PciDriver::ioeventfd_signalled`] with it (the
+    /// kernel's virqfd). Default: nothing (the host polls
+    /// [`crate::pci::PciDevice::ioeventfds`] instead).
+    fn ioeventfd_watch(&mut self, event: Self::Event, watch: bool) {
+        let _ = (event, watch);
     }
 }

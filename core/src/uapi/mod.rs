@@ -62,6 +62,71 @@ pub mod ioctl {
     pub const IOMMU_DIRTY_PAGES: u32 = vfio_io(17);
     /// Device: `VFIO_DEVICE_IOEVENTFD`.
     pub const DEVICE_IOEVENTFD: u32 = vfio_io(16);
+    /// Device: `VFIO_DEVICE_FEATURE` (the same number as `IOMMU_DIRTY_PAGES`).
+    pub const DEVICE_FEATURE: u32 = vfio_io(17);
+}
+
+/// `VFIO_DEVICE_IOEVENTFD` flags (spec/05 §6.6): exactly one access-size bit. VFIO has
+/// no data-match flag (KVM's ioeventfd has one): `data` is always part of the key.
+/// Values as the oracle's "IOEVENTFD 64" / "two sizes" / "no size" cases and spec/05
+/// §6.6 ("only the size bits 1/2/4/8 = 0xF allowed") imply.
+pub mod ioeventfd_flags {
+    /// 1-byte write.
+    pub const SIZE_8: u32 = 1 << 0;
+    /// 2-byte write.
+    pub const SIZE_16: u32 = 1 << 1;
+    /// 4-byte write.
+    pub const SIZE_32: u32 = 1 << 2;
+    /// 8-byte write (ERRATA 5: valid on 64-bit hosts).
+    pub const SIZE_64: u32 = 1 << 3;
+    /// Every size bit; any other bit is refused (`EINVAL`).
+    pub const SIZE_MASK: u32 = 0xF;
+}
+
+/// `VFIO_DEVICE_FEATURE` flags: the feature index in the low 16 bits plus direction
+/// bits (checked against the oracle's `device_feature_queries` flags: `0x50000` is
+/// PROBE|GET, `0x60000` PROBE|SET).
+pub mod feature_flags {
+    /// Feature index.
+    pub const MASK: u32 = 0xFFFF;
+    /// Read the feature's data.
+    pub const GET: u32 = 1 << 16;
+    /// Write the feature's data.
+    pub const SET: u32 = 1 << 17;
+    /// Only ask whether the given GET/SET is supported.
+    pub const PROBE: u32 = 1 << 18;
+}
+
+/// `VFIO_DEVICE_FEATURE` feature indexes (the oracle's `feature` names).
+pub mod feature {
+    /// SR-IOV PF: set the VF token (SET, 16-byte UUID).
+    pub const PCI_VF_TOKEN: u32 = 0;
+    /// Migration capabilities (GET).
+    pub const MIGRATION: u32 = 1;
+    /// Migration device state (GET/SET).
+    pub const MIG_DEVICE_STATE: u32 = 2;
+    /// Enter runtime low power (SET, no payload).
+    pub const LOW_POWER_ENTRY: u32 = 3;
+    /// Enter runtime low power with a wakeup eventfd (SET, 8-byte payload).
+    pub const LOW_POWER_ENTRY_WITH_WAKEUP: u32 = 4;
+    /// Leave runtime low power (SET, no payload).
+    pub const LOW_POWER_EXIT: u32 = 5;
+    /// Start DMA dirty logging (SET).
+    pub const DMA_LOGGING_START: u32 = 6;
+    /// Stop DMA dirty logging (SET).
+    pub const DMA_LOGGING_STOP: u32 = 7;
+    /// Report DMA dirty pages (GET).
+    pub const DMA_LOGGING_REPORT: u32 = 8;
+    /// Migration data size estimate (GET).
+    pub const MIG_DATA_SIZE: u32 = 9;
+    /// Bus-master control (GET/SET).
+    pub const BUS_MASTER: u32 = 10;
+    /// Export a BAR range as a dma-buf (GET; Linux ≥ 6.19 with `CONFIG_VFIO_PCI_DMABUF`).
+    pub const DMA_BUF: u32 = 11;
+    /// Pre-copy info v2 (Linux 7.x).
+    pub const MIG_PRECOPY_INFO_V2: u32 = 12;
+    /// s390 zPCI error reporting (GET).
+    pub const ZPCI_ERROR: u32 = 13;
 }
 
 /// Extension and IOMMU-type identifiers for `CHECK_EXTENSION` / `SET_IOMMU`
@@ -393,6 +458,51 @@ pub struct Bitmap {
     pub data: u64,
 }
 
+/// `struct vfio_device_ioeventfd` (32 bytes; `minsz` = end of `fd` = 28).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct Ioeventfd {
+    /// Size of the caller's structure (≥ 28).
+    pub argsz: u32,
+    /// [`ioeventfd_flags`]: exactly one size bit.
+    pub flags: u32,
+    /// Device-file offset of the write (region index in bits 40 and up).
+    pub offset: u64,
+    /// Value written (its low `size` bytes, little-endian) and part of the key.
+    pub data: u64,
+    /// Eventfd to watch, or −1 to remove the matching registration.
+    pub fd: i32,
+    /// Padding.
+    pub reserved: u32,
+}
+
+/// `struct vfio_device_feature` header (8 bytes); the feature's data follows.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DeviceFeature {
+    /// Size of the caller's buffer, header included (≥ 8).
+    pub argsz: u32,
+    /// Feature index ([`feature_flags::MASK`]) and direction bits.
+    pub flags: u32,
+}
+
+/// `struct vfio_device_low_power_entry_with_wakeup` (8 bytes): the payload of
+/// [`feature::LOW_POWER_ENTRY_WITH_WAKEUP`].
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct LowPowerWakeup {
+    /// Eventfd signalled when the device wakes up.
+    pub wakeup_eventfd: i32,
+    /// Not checked by the kernel (oracle: `reserved != 0` → 0).
+    pub reserved: u32,
+}
+
 // Layouts, checked at compile time against the spec's byte offsets (spec/01-core.md §7,
 // spec/02-type1.md §6–§10): a mismatch stops the build instead of failing a test.
 const _: () = {
@@ -462,6 +572,23 @@ const _: () = {
     assert!(offset_of!(Bitmap, size) == 8);
     assert!(offset_of!(Bitmap, data) == 16);
 
+    assert!(size_of::<Ioeventfd>() == 32);
+    assert!(align_of::<Ioeventfd>() == 8);
+    assert!(offset_of!(Ioeventfd, argsz) == 0);
+    assert!(offset_of!(Ioeventfd, flags) == 4);
+    assert!(offset_of!(Ioeventfd, offset) == 8);
+    assert!(offset_of!(Ioeventfd, data) == 16);
+    assert!(offset_of!(Ioeventfd, fd) == 24);
+    assert!(offset_of!(Ioeventfd, reserved) == 28);
+
+    assert!(size_of::<DeviceFeature>() == 8);
+    assert!(offset_of!(DeviceFeature, argsz) == 0);
+    assert!(offset_of!(DeviceFeature, flags) == 4);
+
+    assert!(size_of::<LowPowerWakeup>() == 8);
+    assert!(offset_of!(LowPowerWakeup, wakeup_eventfd) == 0);
+    assert!(offset_of!(LowPowerWakeup, reserved) == 4);
+
     // Request numbers (spec/01-core.md §2).
     assert!(ioctl::GET_API_VERSION == 0x3b64);
     assert!(ioctl::CHECK_EXTENSION == 0x3b65);
@@ -480,4 +607,5 @@ const _: () = {
     assert!(ioctl::IOMMU_UNMAP_DMA == 0x3b72);
     assert!(ioctl::DEVICE_IOEVENTFD == 0x3b74);
     assert!(ioctl::IOMMU_DIRTY_PAGES == 0x3b75);
+    assert!(ioctl::DEVICE_FEATURE == 0x3b75);
 };

@@ -254,6 +254,20 @@ pub trait BusDriver {
     /// once immediately and then every 10 s until the last device file is closed.
     fn request(&mut self, state: &mut Self::State, count: u32);
 
+    /// `VFIO_DEVICE_FEATURE` after the generic checks of [`super::feature`]; `payload` is
+    /// the caller's buffer after the 8-byte header (its declared length is
+    /// `request.payload_len()`, checked by [`super::check_feature`]). Default: `ENOTTY`
+    /// (feature not supported).
+    fn device_feature(
+        &mut self,
+        state: &mut Self::State,
+        request: &super::FeatureRequest,
+        payload: &mut [u8],
+    ) -> Result<i64> {
+        let _ = (state, request, payload);
+        Err(Errno::ENOTTY)
+    }
+
     /// Any other device ioctl. Default: `ENOTTY` (vfio-pci's answer to unknown requests).
     fn ioctl(&mut self, state: &mut Self::State, request: u32, arg: &mut [u8]) -> Result<i64> {
         let _ = (state, request, arg);

@@ -11,6 +11,7 @@
 //! task on an RTOS). Refusals return the kernel's errno for the same input.
 
 pub mod driver;
+pub mod feature;
 
 use heapless::{String, Vec};
 
@@ -18,6 +19,7 @@ pub use driver::{
     validate_irq_set, BusDriver, CapChain, DeviceInfo, FdResolver, FdTarget, IrqInfo,
     IrqSetRequest, RegionInfo,
 };
+pub use feature::{check_feature, device_feature, validate_feature, FeatureRequest};
 
 use crate::errno::{Errno, Error as _, Result};
 use crate::platform::{DomainId, GroupId, HostMemory, Iommu};

@@ -21,7 +21,12 @@
 //! `SET_IRQS` validator and the driver, eventfd counters, the MSI/MSI-X control words of
 //! the `state` snapshots as seen through vfio), `msix_dynamic` (results, GET_IRQ_INFO,
 //! eventfd counters, `vfio_ctrl`/`phys_ctrl`) and `misc_ioctls` (hot-reset info and hot
-//! reset with group-fd proof, DEVICE_RESET, unknown ioctls). `set_irqs` and
+//! reset with group-fd proof, DEVICE_RESET, unknown ioctls, DEVICE_FEATURE through the
+//! core's generic checks and the driver, IOEVENTFD on BAR0 with one eventfd, "past BAR
+//! end" being the last 2 bytes of BAR0 with size 4) and `device_feature_queries` (every
+//! feature request, the `power state` snapshots against the driver's low-power request —
+//! D3hot only for functions with a PM capability —, config reads in low power, the wakeup
+//! eventfd counter, a fresh wakeup eventfd per entry). `set_irqs` and
 //! `msix_dynamic` run on freshly opened devices (the oracle ran them on a fresh open and
 //! after a reopen). Hardware model for hot reset: a bus reset is possible off the root
 //! bus; the affected functions are the `group_devices` on the device's bus; the platform
@@ -32,9 +37,9 @@
 //! an fd gets a fresh eventfd (counter 0). The files record at most 16 descriptors of an
 //! array; a longer array of consecutive descriptors is continued in sequence.
 //!
-//! Not replayed (listed in the output, not counted): `device_feature_queries` and
-//! DEVICE_FEATURE / IOEVENTFD cases (not implemented by the core), registry-level cases
-//! of `misc_ioctls`, open/close snapshots, mmap.
+//! Not replayed (listed in the output, not counted): DMA_BUF (feature 11) on 7.3 (dma-buf
+//! export is not implemented), registry-level cases of `misc_ioctls`, open/close
+//! snapshots, mmap.
 
 use std::path::Path;
 
@@ -767,6 +772,66 @@ fn le32(buf: &[u8], at: usize) -> u64 {
     })
 }
 
+/// The eventfd the probe registers in its IOEVENTFD cases.
+const MISC_EVENTFD: i32 = 900;
+
+/// The `VFIO_DEVICE_FEATURE` buffer a `misc_ioctls` label describes (the 6.1 README, item
+/// 12: PROBE of features 0..9, VF token SET on a non-PF, argsz/flag errors).
+fn misc_feature(label: &str) -> Option<Vec<u8>> {
+    use uapi::feature_flags::{GET, PROBE, SET};
+    let rest = label.strip_prefix("DEVICE_FEATURE ")?;
+    let (argsz, flags, payload): (u32, u32, usize) = match rest {
+        "SET PCI_VF_TOKEN" => (24, SET | uapi::feature::PCI_VF_TOKEN, 16),
+        "argsz<minsz" => (4, PROBE | GET, 0),
+        "unknown flag bit 20" => (8, PROBE | GET | (1 << 20), 0),
+        _ => {
+            let (dirs, n) = if let Some(n) = rest.strip_prefix("PROBE|GET|SET feature ") {
+                (PROBE | GET | SET, n)
+            } else {
+                (PROBE | SET, rest.strip_prefix("PROBE|SET feature ")?)
+            };
+            (8, dirs | n.parse::<u32>().ok()?, 0)
+        }
+    };
+    let mut b = Vec::new();
+    b.extend_from_slice(&argsz.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.resize(8 + payload, 0);
+    Some(b)
+}
+
+/// The `VFIO_DEVICE_IOEVENTFD` buffer a `misc_ioctls` label describes: BAR0 cases with an
+/// eventfd, data 0 ("past BAR end": the last 2 bytes of BAR0 with size 4; "config region":
+/// region 7).
+fn misc_ioeventfd(label: &str, bar0: u64) -> Option<Vec<u8>> {
+    use uapi::ioeventfd_flags::{SIZE_16, SIZE_32, SIZE_64};
+    let (argsz, flags, offset, fd): (u32, u32, u64, i32) = match label {
+        "IOEVENTFD 32 BAR0+0 (probe only, then removed)" => (32, SIZE_32, 0, MISC_EVENTFD),
+        "IOEVENTFD remove fd=-1" | "IOEVENTFD remove again fd=-1" => (32, SIZE_32, 0, -1),
+        "IOEVENTFD two sizes" => (32, SIZE_32 | SIZE_16, 0, MISC_EVENTFD),
+        "IOEVENTFD no size" => (32, 0, 0, MISC_EVENTFD),
+        "IOEVENTFD unaligned" => (32, SIZE_32, 2, MISC_EVENTFD),
+        "IOEVENTFD config region" => (
+            32,
+            SIZE_32,
+            u64::from(uapi::region_index::CONFIG) << 40,
+            MISC_EVENTFD,
+        ),
+        "IOEVENTFD past BAR end" => (32, SIZE_32, bar0.saturating_sub(2), MISC_EVENTFD),
+        "IOEVENTFD 64" => (32, SIZE_64, 0, -1),
+        "IOEVENTFD argsz small" => (27, SIZE_32, 0, MISC_EVENTFD),
+        _ => return None,
+    };
+    let mut b = Vec::new();
+    b.extend_from_slice(&argsz.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&fd.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    Some(b)
+}
+
 fn replay_misc(
     t: &mut Tally,
     name: &str,
@@ -776,6 +841,7 @@ fn replay_misc(
 ) {
     let group = hot_reset_model(doc, driver.access_mut());
     let fds = ReplayFds { group };
+    let bar0 = doc.pointer("/regions/0/size").and_then(num).unwrap_or(0);
     let steps = doc
         .get("misc_ioctls")
         .and_then(Value::as_array)
@@ -821,22 +887,23 @@ fn replay_misc(
                 (Vec::new(), uapi::vfio_io(n))
             }
             l if l.starts_with("DEVICE_FEATURE") => {
-                t.exclusions.push(
-                    "misc_ioctls DEVICE_FEATURE (PROBE of features 0..9, VF token, argsz/flag \
-                     errors): VFIO_DEVICE_FEATURE is not implemented by the core (ENOTTY); \
-                     the kernel supports LOW_POWER_ENTRY/EXIT (3..5), which needs runtime PM"
-                        .into(),
-                );
+                let Some(mut b) = misc_feature(l) else {
+                    t.exclusions
+                        .push(format!("misc_ioctls \"{l}\": label not understood"));
+                    continue;
+                };
+                let got = vfio_core::vfio::device_feature(driver, dev, &mut b);
+                t.check(&ctx, "result", outcome(st), ours(&got, |v| *v));
                 continue;
             }
             l if l.starts_with("IOEVENTFD") => {
-                t.exclusions.push(
-                    "misc_ioctls IOEVENTFD: VFIO_DEVICE_IOEVENTFD is not implemented by the \
-                     core (ENOTTY); accepting registrations it never services would be wrong \
-                     (ERRATA 5 records the kernel's sizes and ENODEV)"
-                        .into(),
-                );
-                continue;
+                driver.events_mut().fds.insert(MISC_EVENTFD, MockFd::Event);
+                let Some(b) = misc_ioeventfd(l, bar0) else {
+                    t.exclusions
+                        .push(format!("misc_ioctls \"{l}\": label not understood"));
+                    continue;
+                };
+                (b, ioctl::DEVICE_IOEVENTFD)
             }
             _ => {
                 t.exclusions.push(
@@ -895,6 +962,130 @@ fn replay_misc(
     }
 }
 
+/// The wakeup eventfd of the `device_feature_queries` low-power cases.
+const WAKE_EVENTFD: i32 = 901;
+
+fn signals(driver: &Driver) -> u32 {
+    driver
+        .events()
+        .signals
+        .borrow()
+        .get(&WAKE_EVENTFD)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `device_feature_queries`: every step with `flags`/`argsz` is sent through the core's
+/// `VFIO_DEVICE_FEATURE` path (generic checks, then the driver); `power state` entries
+/// are compared with the driver's low-power request (`D3hot`/`suspended` while it
+/// stands), the config reads and the wakeup eventfd counter too. DMA_BUF (feature 11) on
+/// 7.3 is excluded: dma-buf export is not implemented (the core answers 6.1's `ENOTTY`).
+fn replay_features(
+    t: &mut Tally,
+    name: &str,
+    doc: &Value,
+    driver: &mut Driver,
+    dev: &mut PciDevice<i32>,
+    era: Era,
+) {
+    use vfio_core::pci::LowPower;
+    let steps = doc
+        .get("device_feature_queries")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    driver.events_mut().fds.insert(WAKE_EVENTFD, MockFd::Event);
+    let mut consumed = 0u32;
+    for st in &steps {
+        let label = st.get("case").and_then(Value::as_str).unwrap_or("?");
+        let ctx = format!("{name} device_feature_queries \"{label}\"");
+        if let (Some(argsz), Some(flags)) =
+            (st.get("argsz").and_then(num), st.get("flags").and_then(num))
+        {
+            let (argsz, flags) = (argsz as u32, flags as u32);
+            if flags & uapi::feature_flags::MASK == uapi::feature::DMA_BUF && era != Era::Linux6_1 {
+                t.exclusions.push(
+                    "device_feature_queries DMA_BUF (feature 11) on 7.3: dma-buf export is \
+                     not implemented by the core (it answers ENOTTY, 6.1's answer)"
+                        .into(),
+                );
+                continue;
+            }
+            let mut b = Vec::new();
+            b.extend_from_slice(&argsz.to_le_bytes());
+            b.extend_from_slice(&flags.to_le_bytes());
+            b.resize(argsz.max(8) as usize, 0);
+            if flags & uapi::feature_flags::MASK == uapi::feature::LOW_POWER_ENTRY_WITH_WAKEUP
+                && b.len() >= 16
+            {
+                let fd = if label.contains("fd=-1") {
+                    -1
+                } else {
+                    WAKE_EVENTFD
+                };
+                b[8..12].copy_from_slice(&fd.to_le_bytes());
+                if label.contains("reserved!=0") {
+                    b[12..16].copy_from_slice(&1u32.to_le_bytes());
+                }
+            }
+            let wakeup_entry = flags & uapi::feature_flags::MASK
+                == uapi::feature::LOW_POWER_ENTRY_WITH_WAKEUP
+                && flags & uapi::feature_flags::SET != 0;
+            let got = vfio_core::vfio::device_feature(driver, dev, &mut b);
+            if wakeup_entry && got.is_ok() {
+                // The probe arms a fresh eventfd for each entry: count from here.
+                consumed = signals(driver);
+            }
+            t.check(&ctx, "result", outcome(st), ours(&got, |v| *v));
+        } else if label == "power state" {
+            // The host's runtime suspend reaches D3hot only through a PM capability
+            // (rtl8139 has none and stays in D0 while suspended).
+            let low = dev.low_power() != LowPower::Off;
+            let has_pm = dev
+                .config()
+                .capabilities()
+                .iter()
+                .any(|c| c.space == vfio_core::pci::CapSpace::Standard && c.id == 0x01);
+            let d3 = low && has_pm;
+            let want = st.get("power_state").and_then(Value::as_str);
+            t.check(
+                &ctx,
+                "power_state",
+                want,
+                Some(if d3 { "D3hot" } else { "D0" }),
+            );
+            let want = st.get("runtime_status").and_then(Value::as_str);
+            let got = if low { "suspended" } else { "active" };
+            t.check(&ctx, "runtime_status", want, Some(got));
+        } else if label.starts_with("vfio config read @0") {
+            let mut b = [0u8; 4];
+            let got = driver.read(dev, CFG, &mut b);
+            t.check(&ctx, "result", outcome(st), ours(&got, |n| *n as i64));
+            let want = st.get("value").and_then(num);
+            t.check(&ctx, "value", want, Some(u64::from(u32::from_le_bytes(b))));
+        } else if let Some(ev) = st.get("eventfd") {
+            let total = signals(driver);
+            let count = total - consumed;
+            consumed = total;
+            let got = if count == 0 {
+                Err("EAGAIN".to_string())
+            } else {
+                Ok(8)
+            };
+            t.check(&ctx, "eventfd", outcome(ev), got);
+            if count != 0 {
+                t.check(
+                    &ctx,
+                    "count",
+                    ev.get("count").and_then(num),
+                    Some(u64::from(count)),
+                );
+            }
+        }
+        // sysfs power/control writes and the DMA_BUF target note: host facts, not counted.
+    }
+}
+
 /// Replays a device oracle file section by section: `(section, tally)` for `base`
 /// (device info, regions, IRQ info, config space, region access), `set_irqs`,
 /// `msix_dynamic` and `misc_ioctls`.
@@ -915,8 +1106,10 @@ pub fn replay_sections(path: &Path, era: Era) -> Result<Vec<(&'static str, Tally
     replay_irqs(&mut dynamic, &name, "msix_dynamic", &doc, era)?;
     let mut misc = Tally::default();
     replay_misc(&mut misc, &name, &doc, &mut driver, &mut dev);
+    let mut features = Tally::default();
+    replay_features(&mut features, &name, &doc, &mut driver, &mut dev, era);
     base.exclusions.push(
-        "device_feature_queries, open/close snapshots (phys_config_*_close, \
+        "open/close snapshots (phys_config_*_close, \
          config_reads_after_reopen): not replayed, not counted"
             .into(),
     );
@@ -925,6 +1118,7 @@ pub fn replay_sections(path: &Path, era: Era) -> Result<Vec<(&'static str, Tally
         ("set_irqs", irqs),
         ("msix_dynamic", dynamic),
         ("misc_ioctls", misc),
+        ("device_feature_queries", features),
     ])
 }
 
