@@ -6,6 +6,7 @@
 //! [`Tally`]; the `oracle-replay` binary prints each mismatch with its context and a final
 //! line `N passed, N failed`.
 
+mod device_path;
 pub mod devices;
 pub mod type1;
 
