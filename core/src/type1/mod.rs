@@ -464,21 +464,7 @@ impl Type1 {
                 iommu.unmap(new, entry.iova, entry.size);
             }
         } else {
-            // Only flags and counts change: `set` cannot fail.
-            let _ = map.update_all(|entry| {
-                if entry.iova < stop && entry.iommu_mapped {
-                    unmap_and_unpin(
-                        iommu,
-                        memory,
-                        &[new],
-                        (entry.iova, entry.size, page),
-                        runs.as_deref_mut(),
-                    );
-                    memory.charge(-to_i64(entry.locked_pages));
-                    entry.locked_pages = 0;
-                    entry.iommu_mapped = false;
-                }
-            });
+            unmap_entries_from(map, iommu, memory, new, stop, runs);
         }
         Err(error)
     }
@@ -523,21 +509,8 @@ impl Type1 {
                     self.remove_all(map, iommu, memory);
                 } else {
                     let mut runs = self.take_exact(map);
-                    // Only flags and counts change: `set` cannot fail.
-                    let _ = map.update_all(|entry| {
-                        if entry.iommu_mapped {
-                            unmap_and_unpin(
-                                iommu,
-                                memory,
-                                &[domain_id],
-                                (entry.iova, entry.size, page),
-                                runs.as_mut(),
-                            );
-                            memory.charge(-to_i64(entry.locked_pages));
-                            entry.locked_pages = 0;
-                            entry.iommu_mapped = false;
-                        }
-                    });
+                    // IOVAs are page aligned, so every entry starts below 2^64 − 1.
+                    unmap_entries_from(map, iommu, memory, domain_id, u64::MAX, runs.as_mut());
                     map.restore_accounting(runs);
                 }
             } else {
@@ -1294,6 +1267,36 @@ fn unpin<M: HostMemory>(
 /// through the first domain's translations (spec/02-type1.md §12.2). With `runs` (exact
 /// accounting) the pages are also un-charged as their last reference goes; otherwise the
 /// caller un-charges the entry's `locked_pages`.
+/// Removes from `domain` the pages of every IOMMU-mapped entry starting below IOVA
+/// `stop`: unmaps, unpins and un-charges them, and marks the entries not IOMMU-mapped.
+/// The entries themselves stay (replay rollback, spec/02-type1.md §5.1 step 13; last
+/// domain leaving while emulated groups remain, §5.2 step 3). Never fails.
+fn unmap_entries_from<I: Iommu, M: HostMemory>(
+    map: &mut DmaMap<'_>,
+    iommu: &mut I,
+    memory: &mut M,
+    domain: DomainId,
+    stop: u64,
+    mut runs: Option<&mut ChargeRuns<'_>>,
+) {
+    let page = memory.page_size();
+    // Only flags and counts change: `set` cannot fail.
+    let _ = map.update_all(|entry| {
+        if entry.iova < stop && entry.iommu_mapped {
+            unmap_and_unpin(
+                iommu,
+                memory,
+                &[domain],
+                (entry.iova, entry.size, page),
+                runs.as_deref_mut(),
+            );
+            memory.charge(-to_i64(entry.locked_pages));
+            entry.locked_pages = 0;
+            entry.iommu_mapped = false;
+        }
+    });
+}
+
 fn unmap_and_unpin<I: Iommu, M: HostMemory>(
     iommu: &mut I,
     memory: &mut M,
