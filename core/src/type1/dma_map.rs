@@ -299,6 +299,9 @@ pub struct DmaMap<'s> {
     /// Slots `[high, capacity)` were never used.
     high: u32,
     len: usize,
+    /// Structural modification count (insert, remove, clear), wrapping; ties a
+    /// [`Vacancy`] to the tree it was made in.
+    generation: u32,
     /// log2 of the host page size, the unit of `locked_pages`.
     shift: u32,
     /// The container's charged physical runs for exact accounting
@@ -307,34 +310,54 @@ pub struct DmaMap<'s> {
     charges: Option<ChargeRuns<'s>>,
 }
 
-/// Path stack of a descent: node indexes and the direction taken (false = left).
+/// Slots of a [`Path`]: a power of two above the deepest possible descent.
+const PATH_SLOTS: usize = 64;
+/// Index mask of a [`Path`] (indexes are masked, so recording a step never fails).
+const PATH_MASK: usize = PATH_SLOTS - 1;
+
+/// Path stack of a removal descent: node indexes and, as bits, the direction taken at
+/// each level (bit `i` set = went right at level `i`). An AVL tree of fewer than 2^32
+/// nodes is at most 46 levels deep, so the 64 slots never wrap for a valid tree.
 #[derive(Debug, Clone)]
 struct Path {
-    nodes: [u32; MAX_DEPTH],
-    right: [bool; MAX_DEPTH],
+    nodes: [u32; PATH_SLOTS],
+    right: u64,
     depth: usize,
-    /// The descent was deeper than `MAX_DEPTH` (impossible for a valid AVL tree).
-    overflow: bool,
 }
 
 /// Where an entry would be inserted: the descent of [`DmaMap::vacancy`], replayed by
 /// [`DmaMap::insert_at`] without searching again.
+///
+/// Insertion needs no path stack (Knuth, TAOCP vol. 3, §6.2.3 Algorithm A): only the
+/// deepest node of the path whose balance is not zero (`top`, the only node that may need
+/// a rotation; the nodes below it all become unbalanced towards the new leaf) and the new
+/// node's parent are recorded.
 #[derive(Debug, Clone)]
 pub(crate) struct Vacancy {
-    path: Path,
-    /// The map's root and length when the descent was made (a changed map is searched
+    /// Parent of the new node (`NIL`: the tree is empty).
+    parent: u32,
+    /// The new node becomes the parent's right child.
+    right: bool,
+    /// Deepest node on the path with a non-zero balance, or the root.
+    top: u32,
+    /// Parent of `top` (`NIL` when `top` is the root) and the side `top` hangs on.
+    top_parent: u32,
+    top_right: bool,
+    /// The map's modification count when the descent was made (a changed map is searched
     /// again).
-    root: u32,
-    len: usize,
+    generation: u32,
 }
 
 impl Vacancy {
     /// An empty record, to be filled by [`DmaMap::vacancy`].
     pub(crate) const fn new() -> Vacancy {
         Vacancy {
-            path: Path::new(),
-            root: NIL,
-            len: 0,
+            parent: NIL,
+            right: false,
+            top: NIL,
+            top_parent: NIL,
+            top_right: false,
+            generation: u32::MAX,
         }
     }
 }
@@ -349,21 +372,31 @@ fn node_last(node: &DmaEntry) -> u64 {
 impl Path {
     const fn new() -> Path {
         Path {
-            nodes: [NIL; MAX_DEPTH],
-            right: [false; MAX_DEPTH],
+            nodes: [NIL; PATH_SLOTS],
+            right: 0,
             depth: 0,
-            overflow: false,
         }
     }
 
-    fn push(&mut self, node: u32, right: bool) -> Result<()> {
-        let slot = self.nodes.get_mut(self.depth).ok_or(Errno::ENOMEM)?;
-        *slot = node;
-        if let Some(r) = self.right.get_mut(self.depth) {
-            *r = right;
-        }
+    /// Records a step at the current depth.
+    #[inline(always)]
+    fn push(&mut self, node: u32, right: bool) {
+        let level = self.depth & PATH_MASK;
+        self.nodes[level] = node;
+        self.right = (self.right & !(1 << level)) | (u64::from(right) << level);
         self.depth += 1;
-        Ok(())
+    }
+
+    /// The node at `level`.
+    #[inline(always)]
+    fn node(&self, level: usize) -> u32 {
+        self.nodes[level & PATH_MASK]
+    }
+
+    /// Whether the descent went right at `level`.
+    #[inline(always)]
+    fn went_right(&self, level: usize) -> bool {
+        self.right >> (level & PATH_MASK) & 1 != 0
     }
 }
 
@@ -377,6 +410,7 @@ impl<'s> DmaMap<'s> {
             free: NIL,
             high: 0,
             len: 0,
+            generation: 0,
             shift: 12,
             charges: None,
         }
@@ -649,18 +683,19 @@ impl<'s> DmaMap<'s> {
         }
     }
 
+    /// Makes `parent`'s link on side `right` (or the root, for `NIL`) point to `child`.
+    fn link_child(&mut self, parent: u32, right: bool, child: u32) {
+        match self.nodes.get_mut(parent as usize) {
+            Some(n) => n.link[usize::from(right)] = child,
+            None => self.root = child,
+        }
+    }
+
     /// Makes the parent recorded at `path[level − 1]` (or the root) point to `child`.
     fn relink(&mut self, path: &Path, level: usize, child: u32) {
         match level.checked_sub(1) {
             None => self.root = child,
-            Some(up) => {
-                let parent = path.nodes.get(up).copied().unwrap_or(NIL);
-                if path.right.get(up).copied().unwrap_or(false) {
-                    self.set_right(parent, child);
-                } else {
-                    self.set_left(parent, child);
-                }
-            }
+            Some(up) => self.link_child(path.node(up), path.went_right(up), child),
         }
     }
 
@@ -686,31 +721,51 @@ impl<'s> DmaMap<'s> {
     /// Finds the place where an entry covering `range` would be inserted and records it
     /// in `out`; `false` when an entry overlaps `range`. One descent, O(log n); `out` is
     /// valid for [`DmaMap::insert_at`] until the map is next modified structurally.
+    ///
+    /// `range.first` must be 4 KiB aligned (every caller has checked the page alignment):
+    /// keys are then compared with the packed words directly, without masking.
     pub(crate) fn vacancy(&self, range: IovaRange, out: &mut Vacancy) -> bool {
-        out.root = self.root;
-        out.len = self.len;
-        let path = &mut out.path;
-        path.overflow = false;
-        let mut depth = 0;
+        let nodes = &*self.nodes;
+        let first = range.first;
+        debug_assert_eq!(first & LOW, 0);
         let mut cur = self.root;
-        while let Some(node) = self.nodes.get(cur as usize) {
-            let go_right = range.first > node_last(node);
-            // Non-short-circuit `&`: one rarely taken branch instead of a direction-
-            // dependent one.
-            if !go_right & (range.last >= node.iova & !LOW) {
-                path.depth = depth;
-                return false;
+        let (mut parent, mut right) = (NIL, false);
+        let (mut top, mut top_parent, mut top_right) = (cur, NIL, false);
+        // The nearest entries around `first`: highest IOVA below it, lowest at or above.
+        let (mut below, mut above) = (NIL, NIL);
+        while let Some(node) = nodes.get(cur as usize) {
+            let word = node.iova;
+            // Page-aligned `first` against `iova | metadata`: the low bits never decide.
+            let go_right = first > word;
+            if word & BAL_MASK != 1 {
+                (top, top_parent, top_right) = (cur, parent, right);
             }
-            let (Some(n), Some(r)) = (path.nodes.get_mut(depth), path.right.get_mut(depth)) else {
-                path.overflow = true;
-                break;
-            };
-            *n = cur;
-            *r = go_right;
-            depth += 1;
+            if go_right {
+                below = cur;
+            } else {
+                above = cur;
+            }
+            (parent, right) = (cur, go_right);
             cur = node.link[usize::from(go_right)];
         }
-        path.depth = depth;
+        // Entries are disjoint: only these two can overlap `range`.
+        if nodes
+            .get(below as usize)
+            .is_some_and(|n| node_last(n) >= first)
+            || nodes
+                .get(above as usize)
+                .is_some_and(|n| n.iova & !LOW <= range.last)
+        {
+            return false;
+        }
+        *out = Vacancy {
+            parent,
+            right,
+            top,
+            top_parent,
+            top_right,
+            generation: self.generation,
+        };
         true
     }
 
@@ -721,12 +776,8 @@ impl<'s> DmaMap<'s> {
     /// As [`DmaMap::insert`].
     pub(crate) fn insert_at(&mut self, vacancy: &Vacancy, entry: &Mapping) -> Result<EntryId> {
         let (iova, size, vaddr) = pack(entry, 1, self.shift)?;
-        if vacancy.root != self.root || vacancy.len != self.len {
+        if vacancy.generation != self.generation {
             return self.insert(*entry);
-        }
-        let path = &vacancy.path;
-        if path.overflow {
-            return Err(Errno::ENOMEM);
         }
         let n = self.alloc()?;
         if let Some(slot) = self.nodes.get_mut(n as usize) {
@@ -737,52 +788,60 @@ impl<'s> DmaMap<'s> {
                 link: [NIL, NIL],
             };
         }
-        self.relink(path, path.depth, n);
+        self.link_child(vacancy.parent, vacancy.right, n);
         self.len += 1;
-        // Retrace: heights grow until a node becomes balanced or is rebalanced.
-        let mut level = path.depth;
-        while level > 0 {
-            level -= 1;
-            let p = path.nodes.get(level).copied().unwrap_or(NIL);
-            let went_right = path.right.get(level).copied().unwrap_or(false);
-            let b = self.bal(p) + if went_right { 1 } else { -1 };
-            if b == 0 {
-                self.set_bal(p, 0);
+        self.generation = self.generation.wrapping_add(1);
+        let top = vacancy.top;
+        let Some(top_word) = self.node(top).map(|t| t.iova) else {
+            return Ok(EntryId(n)); // the tree was empty
+        };
+        // Every node strictly between `top` and the new leaf was balanced and now leans
+        // towards the leaf.
+        let top_dir = iova > top_word;
+        let mut q = self.node(top).map_or(NIL, |t| t.link[usize::from(top_dir)]);
+        while q != n {
+            let Some(node) = self.nodes.get_mut(q as usize) else {
                 break;
-            }
-            if b == 1 || b == -1 {
-                self.set_bal(p, b);
-                continue;
-            }
-            let (sub, _) = self.rebalance(p, b > 0);
-            self.relink(path, level, sub);
-            break;
+            };
+            let dir = iova > node.iova;
+            node.iova = (node.iova & !BAL_MASK) | if dir { 2 } else { 0 };
+            q = node.link[usize::from(dir)];
+        }
+        // `top` absorbs the growth, or rotates.
+        let b = self.bal(top) + if top_dir { 1 } else { -1 };
+        if (-1..=1).contains(&b) {
+            self.set_bal(top, b);
+        } else {
+            let (sub, _) = self.rebalance(top, b > 0);
+            self.link_child(vacancy.top_parent, vacancy.top_right, sub);
         }
         Ok(EntryId(n))
     }
 
-    /// Descends to the node starting at exactly `iova`, recording the path to it.
+    /// Descends to the node starting at exactly `iova` (4 KiB aligned), recording the
+    /// path to it.
     fn descend_exact(&self, iova: u64, path: &mut Path) -> Option<u32> {
+        let nodes = &*self.nodes;
         let mut cur = self.root;
-        let mut depth = 0;
-        while let Some(node) = self.nodes.get(cur as usize) {
-            let k = node.iova & !LOW;
-            if iova == k {
-                path.depth = depth;
+        path.depth = 0;
+        loop {
+            let node = nodes.get(cur as usize)?;
+            let word = node.iova;
+            if (word ^ iova) <= LOW {
                 return Some(cur);
             }
-            let go_right = iova > k;
-            *path.nodes.get_mut(depth)? = cur;
-            *path.right.get_mut(depth)? = go_right;
-            depth += 1;
+            let go_right = iova > word;
+            path.push(cur, go_right);
             cur = node.link[usize::from(go_right)];
         }
-        None
     }
 
     /// Removes the entry starting at exactly `iova` and returns it. O(log n). Every
     /// [`EntryId`] obtained before is invalidated.
     pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
+        if iova & LOW != 0 {
+            return None;
+        }
         let mut path = Path::new();
         let cur = self.descend_exact(iova, &mut path)?;
         self.remove_at(&mut path, cur)
@@ -791,6 +850,9 @@ impl<'s> DmaMap<'s> {
     /// Removes and returns the entry covering exactly `range` (same first and last byte),
     /// if there is one; otherwise leaves the map unchanged. One descent, O(log n).
     pub fn remove_exact(&mut self, range: IovaRange) -> Option<Mapping> {
+        if range.first & LOW != 0 {
+            return None;
+        }
         let mut path = Path::new();
         let cur = self.descend_exact(range.first, &mut path)?;
         if self.last(cur) != range.last {
@@ -807,11 +869,11 @@ impl<'s> DmaMap<'s> {
         if l != NIL && r != NIL {
             // Replace `cur` by its successor `s` (leftmost of the right subtree),
             // structurally (slots keep their content).
-            path.push(cur, true).ok()?;
+            path.push(cur, true);
             let mut s = r;
-            while self.left(s) != NIL {
-                path.push(s, false).ok()?;
-                s = self.left(s);
+            while let Some(next) = Some(self.left(s)).filter(|&n| n != NIL) {
+                path.push(s, false);
+                s = next;
             }
             let s_right = self.right(s);
             // Unlink s from its place (its parent is the last path node).
@@ -821,9 +883,7 @@ impl<'s> DmaMap<'s> {
             self.set_left(s, l);
             self.set_right(s, r);
             self.set_bal(s, b);
-            if let Some(slot) = path.nodes.get_mut(target_level) {
-                *slot = s;
-            }
+            path.nodes[target_level & PATH_MASK] = s;
             self.relink(path, target_level, s);
         } else {
             let child = if l != NIL { l } else { r };
@@ -831,13 +891,13 @@ impl<'s> DmaMap<'s> {
         }
         self.release(cur);
         self.len -= 1;
+        self.generation = self.generation.wrapping_add(1);
         // Retrace: the subtree on the recorded side got shorter.
         let mut level = path.depth;
         while level > 0 {
             level -= 1;
-            let p = path.nodes.get(level).copied().unwrap_or(NIL);
-            let went_right = path.right.get(level).copied().unwrap_or(false);
-            let b = self.bal(p) + if went_right { -1 } else { 1 };
+            let p = path.node(level);
+            let b = self.bal(p) + if path.went_right(level) { -1 } else { 1 };
             if b == 1 || b == -1 {
                 self.set_bal(p, b);
                 break; // height unchanged
@@ -857,6 +917,7 @@ impl<'s> DmaMap<'s> {
 
     /// Removes every entry (and forgets the exact-accounting runs). O(1).
     pub fn clear(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
         self.root = NIL;
         self.free = NIL;
         self.high = 0;
@@ -1192,6 +1253,9 @@ mod tests {
                 }
             } else {
                 assert_eq!(map.remove(iova).is_some(), model.remove(&iova).is_some());
+            }
+            if x % 97 == 0 {
+                map.check();
             }
         }
         map.check();
