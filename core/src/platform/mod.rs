@@ -670,6 +670,44 @@ pub trait Iommu: ErrorType {
 
     /// The physical address `iova` translates to in `domain`, or `None` when unmapped.
     fn iova_to_phys(&self, domain: DomainId, iova: u64) -> Option<u64>;
+
+    /// The physically contiguous translation starting at `iova` (a multiple of `page`) in
+    /// `domain`: `Some((phys, len))` where `phys` is what `iova` translates to and `len`
+    /// (bytes, a non-zero multiple of `page`, at most `max_len` rounded up to `page`) is
+    /// how far `[iova, iova + len)` maps to `[phys, phys + len)` without a hole or a jump.
+    /// `None` when `iova` is unmapped, `page` is 0 or `max_len` is 0.
+    ///
+    /// Type1 uses it to find the pinned pages of an entry when it unmaps them
+    /// (spec/02-type1.md §12.2) and to copy translations into a new domain (§5.1): the
+    /// kernel walks `iommu_iova_to_phys` page by page, which is what this default does.
+    /// A platform that knows its page-table entries should override it so that one
+    /// superpage (2 MiB, 1 GiB) costs one step instead of one per 4 KiB page.
+    fn iova_to_phys_run(
+        &self,
+        domain: DomainId,
+        iova: u64,
+        max_len: u64,
+        page: u64,
+    ) -> Option<(u64, u64)> {
+        if page == 0 || max_len == 0 {
+            return None;
+        }
+        let phys = self.iova_to_phys(domain, iova)?;
+        let mut len = page;
+        while len < max_len {
+            let (Some(next), Some(expect)) = (iova.checked_add(len), phys.checked_add(len)) else {
+                break;
+            };
+            if self.iova_to_phys(domain, next) != Some(expect) {
+                break;
+            }
+            let Some(grown) = len.checked_add(page) else {
+                break;
+            };
+            len = grown;
+        }
+        Some((phys, len))
+    }
 }
 
 /// Kind of memory behind a pinned run (spec/02-type1.md §6.3, §8).

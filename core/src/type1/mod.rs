@@ -1311,20 +1311,28 @@ fn unmap_and_unpin<I: Iommu, M: HostMemory>(
     for &domain in rest {
         iommu.unmap(domain, iova, len);
     }
+    // The pinned pages, found through the first domain's translations one physically
+    // contiguous run at a time; adjacent runs are unpinned together.
     let mut offset = 0;
     let mut run: Option<(u64, u64)> = None;
     while offset < len {
-        if let Some(phys) = iommu.iova_to_phys(first, iova + offset) {
-            run = match run {
-                Some((start, n)) if start + n == phys => Some((start, n + page)),
-                Some((start, n)) => {
-                    unpin(memory, runs.as_deref_mut(), start, n, page);
-                    Some((phys, page))
-                }
-                None => Some((phys, page)),
-            };
-        }
-        offset += page;
+        let found = iommu.iova_to_phys_run(first, iova + offset, len - offset, page);
+        let step = match found {
+            Some((phys, n)) => {
+                let n = n.min(len - offset);
+                run = match run {
+                    Some((start, m)) if start.checked_add(m) == Some(phys) => Some((start, m + n)),
+                    Some((start, m)) => {
+                        unpin(memory, runs.as_deref_mut(), start, m, page);
+                        Some((phys, n))
+                    }
+                    None => Some((phys, n)),
+                };
+                n
+            }
+            None => page,
+        };
+        offset = offset.saturating_add(step.max(page));
     }
     if let Some((start, n)) = run {
         unpin(memory, runs, start, n, page);
@@ -1345,19 +1353,12 @@ fn copy_translations<I: Iommu>(
 ) -> Result<()> {
     let mut offset = 0;
     while offset < len {
-        let phys = iommu.iova_to_phys(src, iova + offset).ok_or(Errno::EFAULT);
-        let phys = match phys {
-            Ok(p) => p,
-            Err(e) => {
-                iommu.unmap(dst, iova, offset);
-                return Err(e);
-            }
+        let found = iommu.iova_to_phys_run(src, iova + offset, len - offset, page);
+        let left = len - offset;
+        let Some((phys, run)) = found.map(|(p, n)| (p, n.min(left).max(page.min(left)))) else {
+            iommu.unmap(dst, iova, offset);
+            return Err(Errno::EFAULT);
         };
-        let mut run = page;
-        while offset + run < len && iommu.iova_to_phys(src, iova + offset + run) == Some(phys + run)
-        {
-            run += page;
-        }
         if let Err(e) = iommu.map(dst, iova + offset, phys, run, prot | Prot::CACHE) {
             if offset > 0 {
                 iommu.unmap(dst, iova, offset);

@@ -99,6 +99,29 @@ impl PageTable {
         (iova - start < pte.size).then_some((start, pte))
     }
 
+    /// The physically contiguous translation from `iova`: `(phys, len)` with `len` the
+    /// bytes (at most `max_len`, at least one byte) over which `[iova, iova + len)` maps
+    /// to `[phys, phys + len)` through consecutive PTEs; `None` when `iova` is unmapped.
+    /// One step per PTE.
+    pub fn contiguous_run(&self, iova: u64, max_len: u64) -> Option<(u64, u64)> {
+        let (start, pte) = self.lookup(iova)?;
+        let offset = iova - start;
+        let phys = pte.phys.checked_add(offset)?;
+        let mut len = pte.size - offset;
+        while len < max_len {
+            let Some(next) = iova.checked_add(len) else {
+                break;
+            };
+            match self.ptes.get(&next) {
+                Some(p) if phys.checked_add(len) == Some(p.phys) => {
+                    len = len.saturating_add(p.size);
+                }
+                _ => break,
+            }
+        }
+        Some((phys, len.min(max_len).max(1)))
+    }
+
     /// `iova` → physical address and protection.
     pub fn translate(&self, iova: u64) -> Option<(u64, Prot)> {
         let (start, pte) = self.lookup(iova)?;

@@ -1229,6 +1229,21 @@ impl Iommu for SimIommu {
             .translate(iova)
             .map(|(p, _)| p)
     }
+
+    /// One step per page-table entry (a 1 GiB superpage is one lookup), not per page.
+    fn iova_to_phys_run(
+        &self,
+        domain: DomainId,
+        iova: u64,
+        max_len: u64,
+        page: u64,
+    ) -> Option<(u64, u64)> {
+        if page == 0 || max_len == 0 {
+            return None;
+        }
+        let s = self.state.borrow();
+        s.domains.get(&domain)?.table.contiguous_run(iova, max_len)
+    }
 }
 
 impl HostMemory for SimMemory {

@@ -433,3 +433,54 @@ fn peer_to_peer_dma_reaches_another_functions_bar() {
         .unwrap();
     assert_eq!(b, [0xee]);
 }
+
+/// The page-by-page translation walk of the `Iommu` trait's default method, for comparison.
+fn run_by_pages(iommu: &impl Iommu, d: u32, iova: u64, max_len: u64) -> Option<(u64, u64)> {
+    let phys = iommu.iova_to_phys(d, iova)?;
+    let mut len = PAGE_SIZE;
+    while len < max_len && iommu.iova_to_phys(d, iova + len) == Some(phys + len) {
+        len += PAGE_SIZE;
+    }
+    Some((phys, len))
+}
+
+#[test]
+fn contiguous_translation_runs_step_over_superpages_and_stop_at_jumps() {
+    let (m, _) = machine();
+    let d = attached(&m);
+    let mut iommu = m.iommu();
+    let gib = 1u64 << 30;
+    // 1 GiB superpage, then a 2 MiB page continuing it physically, then 4 KiB pages
+    // that jump elsewhere, then a hole.
+    iommu.map(d, gib, 0x40_0000_0000, gib, Prot::READ).unwrap();
+    iommu
+        .map(d, 2 * gib, 0x40_0000_0000 + gib, 2 << 20, Prot::READ)
+        .unwrap();
+    iommu
+        .map(d, 2 * gib + (2 << 20), 0x7_0000_0000, 0x3000, Prot::READ)
+        .unwrap();
+    let cases = [
+        (gib, u64::MAX),
+        (gib, 0x1000),
+        (gib + 0x1_2000, gib),
+        (2 * gib - 0x1000, 4 << 20),
+        (2 * gib + (2 << 20), 0x10_0000),
+        (2 * gib + (2 << 20) + 0x1000, 0x1000),
+        (3 * gib, 0x1000),
+    ];
+    for (iova, max_len) in cases {
+        let fast = iommu.iova_to_phys_run(d, iova, max_len, PAGE_SIZE);
+        let slow = run_by_pages(&iommu, d, iova, max_len.min(4 * gib));
+        assert_eq!(
+            fast,
+            slow.map(|(p, n)| (p, n.min(max_len))),
+            "iova {iova:#x}"
+        );
+    }
+    assert_eq!(
+        iommu.iova_to_phys_run(d, gib, u64::MAX, PAGE_SIZE),
+        Some((0x40_0000_0000, gib + (2 << 20)))
+    );
+    assert_eq!(iommu.iova_to_phys_run(d, gib, 0, PAGE_SIZE), None);
+    assert_eq!(iommu.iova_to_phys_run(d, gib, 0x1000, 0), None);
+}
