@@ -383,7 +383,8 @@ impl Path {
     fn push(&mut self, node: u32, right: bool) {
         let level = self.depth & PATH_MASK;
         self.nodes[level] = node;
-        self.right = (self.right & !(1 << level)) | (u64::from(right) << level);
+        // Steps are pushed in order from a cleared path, so the bit is still 0.
+        self.right |= u64::from(right) << level;
         self.depth += 1;
     }
 
@@ -729,23 +730,21 @@ impl<'s> DmaMap<'s> {
         let first = range.first;
         debug_assert_eq!(first & LOW, 0);
         let mut cur = self.root;
-        let (mut parent, mut right) = (NIL, false);
-        let (mut top, mut top_parent, mut top_right) = (cur, NIL, false);
+        // `(parent << 32) | node` pairs: the current step and the deepest unbalanced one.
+        let mut parent = NIL;
+        let mut go_right = false;
+        let mut top = (u64::from(NIL) << 32) | u64::from(cur);
         // The nearest entries around `first`: highest IOVA below it, lowest at or above.
         let (mut below, mut above) = (NIL, NIL);
         while let Some(node) = nodes.get(cur as usize) {
             let word = node.iova;
+            let step = (u64::from(parent) << 32) | u64::from(cur);
+            top = if word & BAL_MASK != 1 { step } else { top };
             // Page-aligned `first` against `iova | metadata`: the low bits never decide.
-            let go_right = first > word;
-            if word & BAL_MASK != 1 {
-                (top, top_parent, top_right) = (cur, parent, right);
-            }
-            if go_right {
-                below = cur;
-            } else {
-                above = cur;
-            }
-            (parent, right) = (cur, go_right);
+            go_right = first > word;
+            below = if go_right { cur } else { below };
+            above = if go_right { above } else { cur };
+            parent = cur;
             cur = node.link[usize::from(go_right)];
         }
         // Entries are disjoint: only these two can overlap `range`.
@@ -758,9 +757,15 @@ impl<'s> DmaMap<'s> {
         {
             return false;
         }
+        let (top, top_parent) = (top as u32, (top >> 32) as u32);
+        // `top` hangs on the side of its parent its key lies on.
+        let top_right = match (nodes.get(top as usize), nodes.get(top_parent as usize)) {
+            (Some(t), Some(p)) => t.iova > p.iova,
+            _ => false,
+        };
         *out = Vacancy {
             parent,
-            right,
+            right: go_right,
             top,
             top_parent,
             top_right,
@@ -824,6 +829,7 @@ impl<'s> DmaMap<'s> {
         let nodes = &*self.nodes;
         let mut cur = self.root;
         path.depth = 0;
+        path.right = 0;
         loop {
             let node = nodes.get(cur as usize)?;
             let word = node.iova;
