@@ -6,17 +6,29 @@
 //! An AVL tree whose nodes live in an embedder-provided slice of [`DmaEntry`] (32 bytes
 //! each), linked by `u32` indexes. Free slots form a singly linked list (through the `left`
 //! link) plus a high-water mark, so construction and [`DmaMap::clear`] are O(1) and nothing
-//! is ever allocated. Lookup, insertion and removal descend once from the root and keep a
-//! bounded path stack (an AVL tree of 2^32 nodes is at most 46 levels deep): O(log n).
-//! Iteration in IOVA order is an in-order walk with the same kind of stack: O(n) for the
-//! whole map, O(log n + k) for `k` entries from a starting point.
+//! is ever allocated. Lookup, insertion and removal descend once from the root: O(log n).
+//! Removal keeps a bounded path stack (64 slots, masked indexes; an AVL tree of fewer than
+//! 2^32 nodes is at most 46 levels deep) for its upward retrace. Insertion keeps no stack:
+//! it records only the deepest node of its path whose balance is not zero, the only node
+//! that can need a rotation (Knuth, TAOCP vol. 3, §6.2.3, Algorithm A). Iteration in IOVA
+//! order is an in-order walk with a stack: O(n) for the whole map, O(log n + k) for `k`
+//! entries from a starting point.
 //!
 //! Hot paths (MAP and UNMAP of one whole entry) descend once each: MAP finds the overlap
-//! check and the insertion point in one descent (`vacancy`, replayed by
-//! `insert_at`), UNMAP finds and removes the entry in one ([`DmaMap::remove_exact`]).
+//! check and the insertion point in one descent (`vacancy`, replayed by `insert_at`),
+//! UNMAP finds and removes the entry in one ([`DmaMap::remove_exact`]). The MAP descent
+//! compares only start addresses and checks overlap at the end against the two
+//! neighbours of the new range (entries are disjoint, so no other entry can overlap).
 //! Descents choose the child by indexing `[left, right]` with the comparison, so the only
 //! branches in the loop are rarely taken; slots are 32-byte aligned (one cache line per
 //! node visited).
+//!
+//! # Cost (measured by `cargo run --release -p vfio-tests --bin bench-type1`)
+//!
+//! A MAP+UNMAP pair at 65,535 live mappings is two descents of about 16 dependent node
+//! loads each plus the rebalancing, which a binary tree cannot shorten; a B-tree would
+//! shorten the descents but needs more than 32 bytes per mapping to guarantee its
+//! capacity (its nodes may be half empty).
 //!
 //! # Packing (≤ 32 bytes per mapping)
 //!
