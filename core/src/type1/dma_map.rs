@@ -1090,6 +1090,11 @@ impl<'a> Iter<'a> {
             };
             *slot = n;
             self.depth += 1;
+            // Read the right child's first word now: it is visited after this node's
+            // left subtree, so its cache line arrives while that subtree is walked
+            // instead of stalling the walk later.
+            let right = node.link[1];
+            core::hint::black_box(self.nodes.get(right as usize).map(|r| r.iova));
             n = node.link[0];
         }
     }
