@@ -16,6 +16,7 @@
 
 pub mod fixture;
 pub mod oracle;
+pub mod page_walk;
 pub mod pci_mock;
 pub mod registry;
 pub mod runner;
