@@ -77,6 +77,15 @@ impl<const N: usize> Default for AtomicEventSink<N> {
     }
 }
 
+/// Descriptor `fd` as a slot of a sink of `N` slots (`EBADF` when negative or ≥ `N`).
+fn slot_of<const N: usize>(fd: i32) -> Result<Slot, Errno> {
+    let index = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
+    if index >= N {
+        return Err(Errno::EBADF);
+    }
+    u16::try_from(index).map(Slot).map_err(|_| Errno::EBADF)
+}
+
 impl<const N: usize> EventSink for AtomicEventSink<N> {
     type Event = Slot;
 
@@ -85,11 +94,7 @@ impl<const N: usize> EventSink for AtomicEventSink<N> {
     /// # Errors
     /// `EBADF` when `fd` is negative or `fd ≥ N`.
     fn resolve(&mut self, fd: i32) -> Result<Slot, Errno> {
-        let index = usize::try_from(fd).map_err(|_| Errno::EBADF)?;
-        if index >= N {
-            return Err(Errno::EBADF);
-        }
-        u16::try_from(index).map(Slot).map_err(|_| Errno::EBADF)
+        slot_of::<N>(fd)
     }
 
     /// Adds one to the slot's counter: a single lock-free atomic add, with
@@ -100,6 +105,44 @@ impl<const N: usize> EventSink for AtomicEventSink<N> {
         if let Some(counter) = self.counters.get(event.index()) {
             counter.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// The token of a slot is its index (0 ≤ token < `N` ≤ 65 536, never `u32::MAX`), so
+    /// the slots can be vfio-pci triggers kept in the core's atomic IRQ table
+    /// ([`vfio_core::pci::IrqTable`]). `None` for a slot out of this sink's range.
+    fn event_token(&self, event: Slot) -> Option<u32> {
+        (event.index() < N).then_some(u32::from(event.0))
+    }
+
+    /// The slot of `token`; `None` when `token ≥ N`. Lock-free and allocation-free
+    /// (interrupt context). Slots are never released, so a stale token still names a
+    /// valid counter: a signal racing a trigger change lands in the old slot.
+    fn token_event(&self, token: u32) -> Option<Slot> {
+        let index = u16::try_from(token).ok()?;
+        (usize::from(index) < N).then_some(Slot(index))
+    }
+}
+
+/// A shared reference is a sink too: the bus driver can hold `&'static` of a sink in a
+/// `static` while interrupt handlers signal through the same static.
+impl<const N: usize> EventSink for &AtomicEventSink<N> {
+    type Event = Slot;
+
+    /// As [`AtomicEventSink`]'s `resolve`.
+    fn resolve(&mut self, fd: i32) -> Result<Slot, Errno> {
+        slot_of::<N>(fd)
+    }
+
+    fn signal(&self, event: Slot) {
+        (**self).signal(event);
+    }
+
+    fn event_token(&self, event: Slot) -> Option<u32> {
+        (**self).event_token(event)
+    }
+
+    fn token_event(&self, token: u32) -> Option<Slot> {
+        (**self).token_event(token)
     }
 }
 
@@ -134,6 +177,24 @@ mod tests {
         let foreign = AtomicEventSink::<8>::new().resolve(7).unwrap();
         sink.signal(foreign);
         assert_eq!(sink.capacity(), 2);
+    }
+
+    #[test]
+    fn tokens_round_trip_and_stay_in_range() {
+        let mut sink = AtomicEventSink::<3>::new();
+        for fd in 0..3 {
+            let slot = sink.resolve(fd).unwrap();
+            let token = sink.event_token(slot).unwrap();
+            assert_ne!(token, u32::MAX);
+            assert_eq!(sink.token_event(token), Some(slot));
+            sink.signal(sink.token_event(token).unwrap());
+            assert_eq!(sink.take(slot.index()), Some(1));
+        }
+        assert_eq!(sink.token_event(3), None);
+        assert_eq!(sink.token_event(u32::MAX), None);
+        assert_eq!(sink.token_event(1 << 16), None);
+        let foreign = AtomicEventSink::<8>::new().resolve(7).unwrap();
+        assert_eq!(sink.event_token(foreign), None);
     }
 
     #[test]
