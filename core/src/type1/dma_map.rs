@@ -1290,4 +1290,98 @@ mod tests {
         let want: Vec<u64> = model.range(0x100000..0x200000).map(|(k, _)| *k).collect();
         assert_eq!(got, want);
     }
+
+    /// Variable-size entries up to the top of the address space, against a model: insert
+    /// (overlap = EEXIST), `remove_exact` (only an exact range removes), `find` and
+    /// `first_overlapping` answers, AVL invariants checked along the way.
+    #[test]
+    fn variable_sizes_against_a_model() {
+        let mut storage = vec![DmaEntry::EMPTY; 300];
+        let mut map = DmaMap::new(&mut storage);
+        let mut model: std::collections::BTreeMap<u64, u64> = Default::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let top = u64::MAX - 0xfff;
+        let overlaps = |model: &std::collections::BTreeMap<u64, u64>, first: u64, last: u64| {
+            model
+                .iter()
+                .find(|(&k, &sz)| k <= last && first <= k + (sz - 1))
+                .map(|(&k, _)| k)
+        };
+        for step in 0..30_000u32 {
+            let r = next();
+            // Pages 0..4096 near 0, or the last 64 pages of the address space.
+            let page = if r & 7 == 0 {
+                (top >> 12) - (r >> 8) % 64
+            } else {
+                (r >> 8) % 4096
+            };
+            let iova = page << 12;
+            let pages = 1 + (r >> 40) % 6;
+            // Clipped at the top of the address space (2^64 - iova bytes remain).
+            let size = match (u64::MAX - iova).checked_add(1) {
+                Some(room) => (pages << 12).min(room),
+                None => pages << 12,
+            };
+            let range = IovaRange::new(iova, size).unwrap();
+            // Mostly inserts while small, mostly removals near capacity (the ENOMEM edge
+            // is still reached now and then).
+            let kind = match (r >> 32) % 4 {
+                0 | 1 if model.len() > 280 && r & (1 << 50) != 0 => 2,
+                k => k,
+            };
+            match kind {
+                0 | 1 => {
+                    let got = map.insert(entry(iova, size)).map(|_| ());
+                    let want = if overlaps(&model, range.first, range.last).is_some() {
+                        Err(Errno::EEXIST)
+                    } else if model.len() == 300 {
+                        Err(Errno::ENOMEM)
+                    } else {
+                        Ok(())
+                    };
+                    assert_eq!(got, want, "insert {iova:#x}+{size:#x}");
+                    if got.is_ok() {
+                        model.insert(iova, size);
+                    }
+                }
+                2 => {
+                    // Half the time an existing entry, exactly.
+                    let range = match model.iter().nth((r >> 16) as usize % (model.len() + 1)) {
+                        Some((&k, &sz)) if r & (3 << 20) != 0 => IovaRange::new(k, sz).unwrap(),
+                        _ => range,
+                    };
+                    let (iova, size) = (range.first, range.last - range.first + 1);
+                    let got = map.remove_exact(range).map(|m| (m.iova, m.size));
+                    let want = (model.get(&iova) == Some(&size)).then_some((iova, size));
+                    assert_eq!(got, want, "remove_exact {iova:#x}+{size:#x}");
+                    if want.is_some() {
+                        model.remove(&iova);
+                    }
+                }
+                _ => {
+                    let probe = iova + (r & 0xfff).min(size - 1);
+                    let got = map.find(probe).and_then(|id| map.get(id)).map(|m| m.iova);
+                    assert_eq!(got, overlaps(&model, probe, probe), "find {probe:#x}");
+                    let got = map
+                        .first_overlapping(range)
+                        .and_then(|id| map.get(id))
+                        .map(|m| m.iova);
+                    assert_eq!(got, overlaps(&model, range.first, range.last));
+                }
+            }
+            if step % 251 == 0 {
+                map.check();
+            }
+        }
+        map.check();
+        let got: Vec<(u64, u64)> = map.iter().map(|m| (m.iova, m.size)).collect();
+        let want: Vec<(u64, u64)> = model.into_iter().collect();
+        assert_eq!(got, want);
+    }
 }
