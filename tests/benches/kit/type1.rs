@@ -333,6 +333,73 @@ impl Tracker for Reference {
     }
 }
 
+/// Context for the ratio, not a second baseline: the least work a `BTreeMap` tracker can do
+/// per pair under the v2 rules for whole-entry UNMAPs. UNMAP is one `remove` (an exact
+/// entry), MAP one predecessor query plus an insert: three descents per pair, against the
+/// reference's five and an allocation. It makes no platform call (no pin, map, page walk
+/// or accounting) and skips the valid-range check, so it is a floor for B-tree trackers,
+/// not an implementation of Type1.
+#[derive(Debug)]
+pub struct LeanBTreeMap {
+    map: BTreeMap<u64, (u64, u64)>,
+    avail: u32,
+}
+
+impl Default for LeanBTreeMap {
+    fn default() -> Self {
+        LeanBTreeMap {
+            map: BTreeMap::new(),
+            avail: 65535,
+        }
+    }
+}
+
+impl Tracker for LeanBTreeMap {
+    fn map(&mut self, iova: u64, vaddr: u64, size: u64) -> Result<()> {
+        if size == 0 || (iova | vaddr | size) & 0xfff != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = iova.checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
+        if let Some((&k, &(s, _))) = self.map.range(..=last).next_back() {
+            if k + (s - 1) >= iova {
+                return Err(Errno::EEXIST);
+            }
+        }
+        if self.avail == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        self.map.insert(iova, (size, vaddr));
+        self.avail -= 1;
+        Ok(())
+    }
+
+    fn unmap(&mut self, iova: u64, size: u64) -> Result<u64> {
+        match self.map.remove(&iova) {
+            Some((s, _)) if s == size => {
+                self.avail += 1;
+                Ok(s)
+            }
+            Some(e) => {
+                self.map.insert(iova, e);
+                Err(Errno::EINVAL)
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn unmap_all(&mut self) -> Result<u64> {
+        let bytes = self.map.values().map(|&(s, _)| s).sum();
+        self.avail += self.map.len() as u32;
+        self.map.clear();
+        Ok(bytes)
+    }
+
+    fn lookup(&self, iova: u64) -> Option<u64> {
+        let (&k, &(s, _)) = self.map.range(..=iova).next_back()?;
+        (iova - k < s).then_some(k)
+    }
+}
+
 /// xorshift64* pseudo-random numbers (deterministic).
 pub struct Rng(pub u64);
 
