@@ -30,6 +30,25 @@ pub const MAX_VECTORS: usize = 2048;
 /// Token value meaning "no trigger".
 pub const NO_TOKEN: u32 = u32::MAX;
 
+/// A stored token as an optional trigger ([`NO_TOKEN`] = `None`).
+#[inline]
+const fn some_token(t: u32) -> Option<u32> {
+    if t == NO_TOKEN {
+        None
+    } else {
+        Some(t)
+    }
+}
+
+/// An optional trigger as a stored token (`None` = [`NO_TOKEN`]).
+#[inline]
+const fn stored(token: Option<u32>) -> u32 {
+    match token {
+        Some(t) => t,
+        None => NO_TOKEN,
+    }
+}
+
 const fn kind_code(kind: IrqType) -> u8 {
     match kind {
         IrqType::None => 0,
@@ -118,8 +137,7 @@ impl IrqTable {
     /// The token of MSI/MSI-X vector `vector`'s trigger (`None`: no trigger or out of
     /// range).
     pub fn vector_token(&self, vector: usize) -> Option<u32> {
-        let t = self.vectors.get(vector)?.load(Ordering::Acquire);
-        (t != NO_TOKEN).then_some(t)
+        some_token(self.vectors.get(vector)?.load(Ordering::Acquire))
     }
 
     // ---------------------------------------------------------------- control plane
@@ -137,40 +155,32 @@ impl IrqTable {
     }
 
     pub(crate) fn set_intx_trigger(&self, token: Option<u32>) {
-        self.intx_trigger
-            .store(token.unwrap_or(NO_TOKEN), Ordering::Release);
+        self.intx_trigger.store(stored(token), Ordering::Release);
     }
 
     pub(crate) fn intx_trigger(&self) -> Option<u32> {
-        let t = self.intx_trigger.load(Ordering::Acquire);
-        (t != NO_TOKEN).then_some(t)
+        some_token(self.intx_trigger.load(Ordering::Acquire))
     }
 
     pub(crate) fn set_err(&self, token: Option<u32>) {
-        self.err.store(token.unwrap_or(NO_TOKEN), Ordering::Release);
+        self.err.store(stored(token), Ordering::Release);
     }
 
     pub(crate) fn err(&self) -> Option<u32> {
-        let t = self.err.load(Ordering::Acquire);
-        (t != NO_TOKEN).then_some(t)
+        some_token(self.err.load(Ordering::Acquire))
     }
 
     pub(crate) fn set_req(&self, token: Option<u32>) {
-        self.req.store(token.unwrap_or(NO_TOKEN), Ordering::Release);
+        self.req.store(stored(token), Ordering::Release);
     }
 
     pub(crate) fn req(&self) -> Option<u32> {
-        let t = self.req.load(Ordering::Acquire);
-        (t != NO_TOKEN).then_some(t)
+        some_token(self.req.load(Ordering::Acquire))
     }
 
     /// Sets vector `v`'s trigger; returns the previous token. Out of range: nothing.
     pub(crate) fn set_vector(&self, v: usize, token: Option<u32>) -> Option<u32> {
-        let old = self
-            .vectors
-            .get(v)?
-            .swap(token.unwrap_or(NO_TOKEN), Ordering::AcqRel);
-        (old != NO_TOKEN).then_some(old)
+        some_token(self.vectors.get(v)?.swap(stored(token), Ordering::AcqRel))
     }
 
     /// Clears every vector trigger.
@@ -216,13 +226,8 @@ impl IrqTable {
         if self.kind.load(Ordering::Acquire) != want {
             return false;
         }
-        match self.vectors.get(usize::from(vector)) {
-            Some(slot) => {
-                let t = slot.load(Ordering::Acquire);
-                t != NO_TOKEN && Self::signal_token(sink, t)
-            }
-            None => false,
-        }
+        self.vector_token(usize::from(vector))
+            .is_some_and(|t| Self::signal_token(sink, t))
     }
 
     /// Interrupt entry for INTx (spec/04 §6.4): if INTx is active and not masked, runs
