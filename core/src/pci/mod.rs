@@ -432,11 +432,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         };
         state.table().set_intx_masked(pending);
         if pending {
-            if let Some(t) = state.table().intx_trigger() {
-                if let Some(ev) = self.events.token_event(t) {
-                    self.events.signal(ev);
-                }
-            }
+            self.signal_token(state.table().intx_trigger());
         }
     }
 
