@@ -13,7 +13,7 @@ use crate::platform::{
     BarIndex, BarKind, Bdf, FunctionFacts, IntxLine, PciAccess, ResetMethod, Width,
 };
 
-use super::perm::{self, Access, Policy};
+use super::perm::{self, Access};
 
 /// Largest config space in bytes (PCIe).
 pub const CONFIG_SPACE_MAX: usize = 4096;
@@ -36,6 +36,13 @@ const STD_DWORDS: usize = (0x100 - 0x40) / 4;
 /// `i + 1` = capability `i`). Without it (the initial 0), the owner is searched.
 const UNIFORM: u8 = 0x80;
 const _: () = assert!(CAP_TABLE_CAPACITY < 0x7F);
+
+/// Whether header offset `pos` lies in a BAR register (0x10–0x27) or the ROM BAR
+/// (0x30–0x33), the registers of the BAR sizing emulation (spec/03 §5.1).
+#[inline]
+const fn in_bar_area(pos: u16) -> bool {
+    matches!(pos, 0x10..=0x27 | 0x30..=0x33)
+}
 
 /// Status register bit 4: capability list present.
 const STATUS_CAP_LIST: u16 = 0x0010;
@@ -472,18 +479,8 @@ impl ConfigSpace {
         Owner::Raw
     }
 
-    fn policy(&self, c: &CapEntry) -> Policy {
-        match c.visibility {
-            CapVisibility::Placeholder => Policy::FirstHidden,
-            _ => perm::policy_for(
-                c.id,
-                matches!(c.space, CapSpace::Extended),
-                self.msi.map(|m| m.1).unwrap_or(0),
-            ),
-        }
-    }
-
-    /// [`ConfigSpace::policy`] with the table's precomputed masks (the access path).
+    /// How capability `c`'s bytes are accessed (spec/03 §3.2): its [`perm::Access`]
+    /// (the table with its precomputed masks, direct, or the hidden-first placeholder).
     #[inline]
     fn access(&self, c: &CapEntry) -> Access {
         match c.visibility {
@@ -533,12 +530,12 @@ impl ConfigSpace {
             Owner::Capability(i) => {
                 let c = *self.caps.get(i)?;
                 let off = pos - c.offset;
-                let (virt, write, raw_write) = match self.policy(&c) {
-                    Policy::Table(t) => {
-                        let (v, w) = perm::byte_masks(t, off);
+                let (virt, write, raw_write) = match self.access(&c) {
+                    Access::Table(t) => {
+                        let (v, w) = perm::byte_masks(t.regs, off);
                         (v, w, false)
                     }
-                    Policy::Direct { raw_write } => {
+                    Access::Direct { raw_write } => {
                         // Mirrors `read_chunk`: the extended header dword always comes
                         // from the virtual copy; in standard space the next byte does,
                         // and the ID byte only within a wider read.
@@ -550,7 +547,7 @@ impl ConfigSpace {
                         let w = if raw_write { 0xFF } else { 0 };
                         (v, w, raw_write)
                     }
-                    Policy::FirstHidden => (0xFF, 0, false),
+                    Access::FirstHidden => (0xFF, 0, false),
                 };
                 (c.name(), virt, write, raw_write)
             }
@@ -1282,8 +1279,7 @@ impl ConfigSpace {
         match owner {
             Owner::Raw => Self::phys_read(acc, bdf, pos, w),
             Owner::Header => {
-                let in_bar = (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos);
-                if in_bar && self.bardirty {
+                if self.bardirty && in_bar_area(pos) {
                     self.bar_fixup(acc, bdf)?;
                 }
                 let v = self.default_read(acc, bdf, &perm::HEADER_T, pos, pos, w)?;
@@ -1397,7 +1393,7 @@ impl ConfigSpace {
                 effects.intx_disable = Some(dis);
             }
         }
-        if (0x10..0x28).contains(&pos) || (0x30..0x34).contains(&pos) {
+        if in_bar_area(pos) {
             self.bardirty = true;
         }
         Ok(())
