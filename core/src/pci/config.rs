@@ -269,7 +269,8 @@ impl Default for ConfigSpace {
 struct HandlerContext {
     /// MSI is the active interrupt type (spec/03 §6.4).
     msi_active: bool,
-    /// vconfig PCIe MaxReadReq field before the write (spec/03 §6.5).
+    /// vconfig PCIe MaxReadReq field before the write (spec/03 §6.5); 0 (unused) for
+    /// every other capability.
     rq_before: u16,
 }
 
@@ -1337,9 +1338,16 @@ impl ConfigSpace {
                 let off = pos - c.offset;
                 match self.access(&c) {
                     Access::Table(t) => {
-                        let rq_before = self.v16(c.offset.saturating_add(8)) & 0x7000;
+                        let standard = c.space == CapSpace::Standard;
+                        // Only the PCIe handler compares MaxReadReq before and after the
+                        // write (spec/03 §6.5); other capabilities skip the vconfig load.
+                        let rq_before = if standard && c.id == 0x10 {
+                            self.v16(c.offset.saturating_add(8)) & 0x7000
+                        } else {
+                            0
+                        };
                         self.default_write(acc, bdf, t, off, pos, w, u)?;
-                        if c.space == CapSpace::Standard {
+                        if standard {
                             let ctx = HandlerContext {
                                 msi_active,
                                 rq_before,
