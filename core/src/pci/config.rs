@@ -173,13 +173,13 @@ impl BytePermission {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MsixInfo {
-    /// Offset of the capability in config space.
+    /// Byte offset of the capability in config space (0x40–0xFF).
     pub cap: u16,
     /// BAR holding the table (Table BIR, 0..=7 as read; ≥ 6 means no valid BAR).
     pub bar: u8,
     /// Table offset in bytes within that BAR.
     pub table_offset: u32,
-    /// Table size in bytes (`entries × 16`).
+    /// Table size in bytes (`entries × 16`, entries = Table Size field + 1: 16…32768).
     pub table_bytes: u32,
 }
 
@@ -423,12 +423,15 @@ impl ConfigSpace {
         self.defect
     }
 
-    /// MSI capability offset and hardware Message Control read at open.
+    /// The first kept MSI capability (ID 0x05) as `(offset, flags)`: its byte offset in
+    /// config space (0x40–0xFF) and the hardware Message Control register read at open
+    /// (spec/03 §4.7: bits 7 and 8 choose the permission table). `None` without one.
     pub const fn msi(&self) -> Option<(u16, u16)> {
         self.msi
     }
 
-    /// MSI-X capability facts read at open.
+    /// Facts of the first kept MSI-X capability (ID 0x11) read at open (spec/05 §2 step
+    /// 9); `None` without one.
     pub const fn msix(&self) -> Option<MsixInfo> {
         self.msix
     }
@@ -1062,7 +1065,9 @@ impl ConfigSpace {
         self.v16(0x04)
     }
 
-    /// Virtual interrupt pin (0x3D).
+    /// Virtual Interrupt Pin register (header 0x3D, spec/03 §5.4): 0 = no INTx (also
+    /// forced for VFs, nointx functions and unconnected lines), 1–4 = INTA–INTD as
+    /// hardware reports it.
     pub fn interrupt_pin(&self) -> u8 {
         self.v8(0x3D)
     }

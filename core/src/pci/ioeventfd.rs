@@ -46,7 +46,8 @@ const MINSZ: usize = 28;
 pub struct Ioeventfd<Ev> {
     /// BAR index (0–5).
     pub bar: u8,
-    /// Offset in the BAR.
+    /// Byte offset in the BAR (the region offset with the index bits removed); `pos +
+    /// size` is at most the BAR size.
     pub pos: u64,
     /// Access width in bytes (1, 2, 4 or 8).
     pub size: u8,

@@ -9,10 +9,10 @@
 //! [`EventSink::signal`]: they never block, allocate or take a lock.
 //!
 //! Memory: [`MAX_VECTORS`] (2048, the MSI-X maximum) × 4 bytes = 8 KiB per table plus
-//! 24 bytes of scalars. A [`super::PciDevice`] holds its table inline by default; to run
-//! interrupt handlers on another CPU, give it a shared handle instead (`&'static
-//! IrqTable`, `Arc<IrqTable>`; [`super::PciDevice::with_table`]) and hand the same table
-//! to the handlers.
+//! 16 bytes of scalars (`size_of::<IrqTable>()` = 8208 on x86_64). A
+//! [`super::PciDevice`] holds its table inline by default; to run interrupt handlers on
+//! another CPU, give it a shared handle instead (`&'static IrqTable`, `Arc<IrqTable>`;
+//! [`super::PciDevice::with_table`]) and hand the same table to the handlers.
 //!
 //! Ordering: triggers are published with `Release` and read with `Acquire`; a signal that
 //! races a trigger change may go to the old or the new trigger (the sink must tolerate a
@@ -134,8 +134,8 @@ impl IrqTable {
         self.intx_masked.load(Ordering::Acquire)
     }
 
-    /// The token of MSI/MSI-X vector `vector`'s trigger (`None`: no trigger or out of
-    /// range).
+    /// The token of MSI/MSI-X vector `vector`'s trigger (`None`: no trigger, or
+    /// `vector >= MAX_VECTORS`).
     pub fn vector_token(&self, vector: usize) -> Option<u32> {
         some_token(self.vectors.get(vector)?.load(Ordering::Acquire))
     }
@@ -213,10 +213,11 @@ impl IrqTable {
         }
     }
 
-    /// Interrupt entry for MSI/MSI-X: host vector `vector` of `kind` fired. Signals the
-    /// vector's trigger through `sink` (the sink whose tokens the table holds). Returns
-    /// whether an event was signalled (`false` when `kind` is not the active type or the
-    /// vector has no trigger). Lock-free: two atomic loads and one signal.
+    /// Interrupt entry for MSI/MSI-X: host vector `vector` (0-based) of `kind` fired.
+    /// Signals the vector's trigger through `sink` (the sink whose tokens the table holds).
+    /// Returns whether an event was signalled (`false` when `kind` is not the active type,
+    /// `vector >= MAX_VECTORS` or the vector has no trigger). Lock-free: two atomic loads
+    /// and one signal.
     #[inline]
     pub fn msi_fired<S: EventSink>(&self, sink: &S, kind: MsiKind, vector: u16) -> bool {
         let want = match kind {

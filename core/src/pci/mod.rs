@@ -8,17 +8,20 @@
 //!
 //! # What is implemented, and what is not yet
 //!
-//! * Config space (spec/03): capability walks (§1, bounded), lengths (§2), access path
-//!   (§3), the tables of §4.1–§4.11 plus defaults (§4.12–§4.13), BAR/ROM sizing (§5.1),
-//!   Command handling with BAR restore (§5.2–§5.3), MSI Message Control (§6.2, §6.4),
-//!   PCIe/AF FLR traps (§6.5). Not yet: SR-IOV VF fix-ups (§1.2 items 2–3: the platform
-//!   has no "is VF" query), nointx quirks, the VPD handshake (§6.6: no platform VPD call;
-//!   address/data are virtual only), MRRS propagation (§6.5: no `set_readrq`), PM state
-//!   changes go to PMCSR directly instead of a platform power call (§6.1), no
-//!   mapping revocation (the core has no mmap).
-//! * Regions (spec/05 §5–§6): BAR0–5, ROM, CONFIG; VGA is refused (`EINVAL`). The ROM is
-//!   read through the platform without image validation (ERRATA 6's ENOMEM case is the
-//!   platform's to report).
+//! * Config space (spec/03): capability walks (§1, bounded), the SR-IOV VF and nointx
+//!   fix-ups of §1.2 from the platform's [`FunctionFacts`](crate::platform::FunctionFacts),
+//!   lengths (§2), access path (§3), the tables of §4.1–§4.11 plus defaults
+//!   (§4.12–§4.13), BAR/ROM sizing (§5.1), Command handling with BAR restore
+//!   (§5.2–§5.3), PM power-state changes through [`PciAccess::set_power_state`] (§6.1),
+//!   MSI Message Control (§6.2, §6.4), PCIe/AF FLR traps and MaxReadReq propagation
+//!   through [`PciAccess::set_readrq`] (§6.5), the VPD handshake through
+//!   [`PciAccess::vpd_read`] / [`PciAccess::vpd_write`] (§6.6). Revoking user mappings is
+//!   the platform's ([`PciAccess::zap_mappings`]: the core has no mmap).
+//! * Regions (spec/05 §5–§6): BAR0–5, ROM, CONFIG, and VGA when the platform reports a
+//!   VGA function (`EINVAL` otherwise). ROM bytes past [`PciAccess::rom_image_size`] read
+//!   0xFF without touching hardware (§6.3); ERRATA 6's ENOMEM case is the platform's to
+//!   report. `VFIO_DEVICE_IOEVENTFD` (§6.6, ERRATA 5) keeps up to
+//!   [`IOEVENTFD_CAPACITY`] registrations per device.
 //! * IRQs (spec/04): GET_IRQ_INFO (recent profile + ERRATA 1, 2), SET_IRQS for every index.
 //!   Triggers live in a lock-free [`IrqTable`] (2048 vectors) read by the `&self`
 //!   interrupt entry points; the host INTx line goes through [`PciAccess::intx_request`]
@@ -313,8 +316,11 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         &mut self.events
     }
 
-    /// A user-visible config read at `offset` (spec/03 §3.1), exactly as a read of the
-    /// CONFIG region would do it. Returns the bytes read (`buf.len()`).
+    /// A user-visible config read of `buf.len()` bytes at byte `offset` from the start of
+    /// config space (spec/03 §3.1), exactly as a read of the CONFIG region would do it.
+    /// Any length and alignment inside config space is legal (split into naturally
+    /// aligned 1/2/4-byte chunks). Returns the bytes read (`buf.len()`; 0 for an empty
+    /// `buf`).
     ///
     /// # Errors
     /// `EFAULT` outside config space (or before open: size 0); platform errors.
@@ -330,7 +336,10 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
             .read(&mut self.access, bdf, u64::from(offset), buf)
     }
 
-    /// A user config write at `offset` (spec/03 §3.1). Returns `data.len()`.
+    /// A user config write of `data` at byte `offset` from the start of config space
+    /// (spec/03 §3.1), with the handlers of spec/03 §5–§6 and the INTx mask/unmask a
+    /// DisINTx change asks for (spec/04 §6). Returns `data.len()` (writes the tables drop
+    /// still count).
     ///
     /// # Errors
     /// As [`PciDriver::read_config`].
@@ -368,9 +377,10 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         r
     }
 
-    /// Interrupt entry for MSI/MSI-X: vector `vector` of `kind` fired on the host.
-    /// Signals the vector's trigger; returns whether an event was signalled (false when
-    /// `kind` is not the active type, the vector is out of range or has no trigger).
+    /// Interrupt entry for MSI/MSI-X: vector `vector` (0-based, below [`MAX_VECTORS`]) of
+    /// `kind` fired on the host. Signals the vector's trigger; returns whether an event was
+    /// signalled (false when `kind` is not the active type, the vector is out of range or
+    /// has no trigger).
     /// Lock-free ([`IrqTable::msi_fired`]); safe to call while another thread runs
     /// `SET_IRQS` on the same device if the table is shared ([`PciDevice::with_table`]).
     #[inline]
