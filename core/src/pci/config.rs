@@ -14,6 +14,7 @@ use crate::platform::{
 };
 
 use super::perm::{self, Access};
+use super::perr;
 
 /// Largest config space in bytes (PCIe).
 pub const CONFIG_SPACE_MAX: usize = 4096;
@@ -281,10 +282,6 @@ pub(crate) struct WriteEffects {
     pub intx_disable: Option<bool>,
 }
 
-fn err<E: crate::errno::Error>(e: E) -> Errno {
-    e.errno()
-}
-
 #[inline]
 fn le(bytes: &[u8]) -> u32 {
     match *bytes {
@@ -307,12 +304,12 @@ fn walk_read<A: PciAccess>(acc: &mut A, bdf: Bdf, size: u16, off: u16, n: u16) -
     }
     if let Some(w) = Width::from_bytes(usize::from(n)) {
         if off % n == 0 {
-            return acc.config_read(bdf, off, w).map_err(err);
+            return perr(acc.config_read(bdf, off, w));
         }
     }
     let mut v = 0u32;
     for i in 0..n.min(4) {
-        let b = acc.config_read(bdf, off + i, Width::Byte).map_err(err)?;
+        let b = perr(acc.config_read(bdf, off + i, Width::Byte))?;
         v |= (b & 0xFF) << (8 * i);
     }
     Ok(v)
@@ -626,7 +623,7 @@ impl ConfigSpace {
             } else {
                 Width::Byte
             };
-            let v = acc.config_read(bdf, pos, w).map_err(err)?;
+            let v = perr(acc.config_read(bdf, pos, w))?;
             self.vset(pos, w.bytes(), v);
             pos += w.bytes() as u16;
         }
@@ -918,7 +915,7 @@ impl ConfigSpace {
                 break;
             }
             steps += 1;
-            let header = acc.config_read(bdf, epos, Width::Dword).map_err(err)?;
+            let header = perr(acc.config_read(bdf, epos, Width::Dword))?;
             let id = (header & 0xFFFF) as u16;
             let next = ((header >> 20) & 0xFFC) as u16;
             let mut len = if id > 0x31 {
@@ -997,7 +994,7 @@ impl ConfigSpace {
             let Some(index) = BarIndex::new(i as u8) else {
                 break;
             };
-            let res = acc.bar_resource(bdf, index).map_err(err)?;
+            let res = perr(acc.bar_resource(bdf, index))?;
             if res.start == 0 || res.size == 0 {
                 self.vset(off, 4, 0);
                 i += 1;
@@ -1018,7 +1015,7 @@ impl ConfigSpace {
             }
             i += 1;
         }
-        let rom = acc.rom_size(bdf).map_err(err)?;
+        let rom = perr(acc.rom_size(bdf))?;
         let vrom = if rom != 0 {
             let mask = (!(rom.wrapping_sub(1)) as u32) | 1;
             self.vget(0x30, 4) & mask
@@ -1037,12 +1034,11 @@ impl ConfigSpace {
         }
         for (i, v) in self.rbar.iter().enumerate() {
             let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
-            acc.config_write(bdf, off, Width::Dword, *v).map_err(err)?;
+            perr(acc.config_write(bdf, off, Width::Dword, *v))?;
         }
         if self.facts.nointx {
-            let c = acc.config_read(bdf, 0x04, Width::Word).map_err(err)?;
-            acc.config_write(bdf, 0x04, Width::Word, c | u32::from(CMD_INTX_DISABLE))
-                .map_err(err)?;
+            let c = perr(acc.config_read(bdf, 0x04, Width::Word))?;
+            perr(acc.config_write(bdf, 0x04, Width::Word, c | u32::from(CMD_INTX_DISABLE)))?;
         }
         Ok(())
     }
@@ -1050,9 +1046,7 @@ impl ConfigSpace {
     /// Whether a saved BAR is non-zero and differs from hardware (spec/03 §5.2 (c)).
     pub(crate) fn bars_lost<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<bool> {
         for (i, v) in self.rbar.iter().take(6).enumerate() {
-            let hw = acc
-                .config_read(bdf, 0x10 + 4 * i as u16, Width::Dword)
-                .map_err(err)?;
+            let hw = perr(acc.config_read(bdf, 0x10 + 4 * i as u16, Width::Dword))?;
             if *v != 0 && hw != *v {
                 return Ok(true);
             }
@@ -1195,25 +1189,23 @@ impl ConfigSpace {
     fn phys_read<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize) -> Result<u32> {
         // One call per width: each sees a constant width, so the platform's access can be
         // specialized for it when inlined.
-        match w {
+        perr(match w {
             4 => acc.config_read(bdf, pos, Width::Dword),
             2 => acc.config_read(bdf, pos, Width::Word),
             1 => acc.config_read(bdf, pos, Width::Byte),
             _ => return Err(Errno::EINVAL),
-        }
-        .map_err(err)
+        })
     }
 
     #[inline]
     fn phys_write<A: PciAccess>(acc: &mut A, bdf: Bdf, pos: u16, w: usize, v: u32) -> Result<()> {
         // As in `phys_read`: a constant width per call.
-        match w {
+        perr(match w {
             4 => acc.config_write(bdf, pos, Width::Dword, v),
             2 => acc.config_write(bdf, pos, Width::Word, v & Width::Word.mask()),
             1 => acc.config_write(bdf, pos, Width::Byte, v & Width::Byte.mask()),
             _ => return Err(Errno::EINVAL),
-        }
-        .map_err(err)
+        })
     }
 
     /// Little-endian `(virt, write)` masks of the `w` bytes at `off` of `table`.

@@ -236,6 +236,7 @@ pub struct PciDriver<A, E, T = IrqTable> {
     _table: PhantomData<fn() -> T>,
 }
 
+/// A platform result with its error turned into the errno the core returns.
 fn perr<T, Er: crate::errno::Error>(r: core::result::Result<T, Er>) -> Result<T> {
     r.map_err(|e| e.errno())
 }
