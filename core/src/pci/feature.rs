@@ -21,7 +21,7 @@
 
 use core::borrow::Borrow;
 
-use super::{perr, IrqTable, PciDevice, PciDriver};
+use super::{fd_at, perr, IrqTable, PciDevice, PciDriver};
 use crate::era::Era;
 use crate::errno::{Errno, Result};
 use crate::platform::{EventSink, PciAccess};
@@ -67,8 +67,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
             }
             feature::LOW_POWER_ENTRY_WITH_WAKEUP => {
                 if check_feature(req, set, 8)? {
-                    let raw = payload.get(..4).ok_or(Errno::EFAULT)?;
-                    let fd = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+                    let fd = fd_at(payload, 0).ok_or(Errno::EFAULT)?;
                     if fd < 0 {
                         return Err(Errno::EINVAL);
                     }

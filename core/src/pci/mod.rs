@@ -1198,11 +1198,17 @@ fn sparse_areas(m: MsixInfo, end: u64, page: u64) -> [Option<(u64, u64)>; 2] {
     [a, b]
 }
 
-/// The `i`-th s32 eventfd of SET_IRQS data.
+/// The little-endian `u32` at byte `at` of an ioctl buffer; `None` when `buf` holds fewer
+/// than `at + 4` bytes.
+fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    let b = buf.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The `i`-th s32 eventfd of an ioctl payload (SET_IRQS data, feature payloads); `None`
+/// when `data` is too short.
 fn fd_at(data: &[u8], i: usize) -> Option<i32> {
-    let start = i.checked_mul(4)?;
-    let b = data.get(start..start.checked_add(4)?)?;
-    Some(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    u32_at(data, i.checked_mul(4)?).map(|v| v as i32)
 }
 
 /// Direction of a BAR transfer.

@@ -11,7 +11,9 @@
 
 use core::borrow::Borrow;
 
-use super::{perr, set_disintx, IrqTable, PciDevice, PciDriver, CMD_INTX_DISABLE, CMD_MASTER};
+use super::{
+    perr, set_disintx, u32_at, IrqTable, PciDevice, PciDriver, CMD_INTX_DISABLE, CMD_MASTER,
+};
 use crate::errno::{Errno, Result};
 use crate::platform::{
     AffectedFunction, EventSink, PciAccess, ResetMethod, Width, MAX_AFFECTED_FUNCTIONS,
@@ -37,8 +39,7 @@ impl FdResolver for NoFds {
 }
 
 fn read_u32(arg: &[u8], at: usize) -> Result<u32> {
-    let b = arg.get(at..at + 4).ok_or(Errno::EFAULT)?;
-    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    u32_at(arg, at).ok_or(Errno::EFAULT)
 }
 
 fn write_u32(arg: &mut [u8], at: usize, v: u32) -> Result<()> {
