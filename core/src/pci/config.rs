@@ -45,6 +45,18 @@ const fn in_bar_area(pos: u16) -> bool {
     matches!(pos, 0x10..=0x27 | 0x30..=0x33)
 }
 
+/// Config offset of BAR register `i` of the header: BAR0–5 at `0x10 + 4i` for `i < 6`,
+/// the Expansion ROM BAR at 0x30 for `i >= 6` (the order of [`ConfigSpace`]'s BAR save
+/// area, spec/03 §5.3).
+#[inline]
+pub(crate) const fn bar_reg(i: usize) -> u16 {
+    if i < 6 {
+        0x10 + 4 * i as u16
+    } else {
+        0x30
+    }
+}
+
 /// Status register bit 4: capability list present.
 const STATUS_CAP_LIST: u16 = 0x0010;
 /// Command register bits.
@@ -581,10 +593,7 @@ impl ConfigSpace {
         self.facts = facts;
         self.size = size.min(CONFIG_SPACE_MAX as u16) & !3;
         self.copy_phys(acc, bdf, 0, 0x40)?;
-        for i in 0..6u16 {
-            self.rbar[usize::from(i)] = self.vget(0x10 + 4 * i, 4);
-        }
-        self.rbar[6] = self.vget(0x30, 4);
+        self.rbar = core::array::from_fn(|i| self.vget(bar_reg(i), 4));
         self.bardirty = true;
         // Fix-ups 2–4 of spec/03 §1.2.
         if let Some((vendor, device)) = facts.vf_ids {
@@ -990,7 +999,7 @@ impl ConfigSpace {
     fn bar_fixup<A: PciAccess>(&mut self, acc: &mut A, bdf: Bdf) -> Result<()> {
         let mut i = 0usize;
         while i < 6 {
-            let off = 0x10 + 4 * i as u16;
+            let off = bar_reg(i);
             let Some(index) = BarIndex::new(i as u8) else {
                 break;
             };
@@ -1033,8 +1042,7 @@ impl ConfigSpace {
             return Ok(());
         }
         for (i, v) in self.rbar.iter().enumerate() {
-            let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
-            perr(acc.config_write(bdf, off, Width::Dword, *v))?;
+            perr(acc.config_write(bdf, bar_reg(i), Width::Dword, *v))?;
         }
         if self.facts.nointx {
             let c = perr(acc.config_read(bdf, 0x04, Width::Word))?;
@@ -1046,7 +1054,7 @@ impl ConfigSpace {
     /// Whether a saved BAR is non-zero and differs from hardware (spec/03 §5.2 (c)).
     pub(crate) fn bars_lost<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<bool> {
         for (i, v) in self.rbar.iter().take(6).enumerate() {
-            let hw = perr(acc.config_read(bdf, 0x10 + 4 * i as u16, Width::Dword))?;
+            let hw = perr(acc.config_read(bdf, bar_reg(i), Width::Dword))?;
             if *v != 0 && hw != *v {
                 return Ok(true);
             }

@@ -50,7 +50,7 @@ pub use ioeventfd::{Ioeventfd, IoeventfdTable, IOEVENTFD_CAPACITY};
 pub use irq::{IrqTable, MAX_VECTORS, NO_TOKEN};
 pub use perm::{cap_name, policy_for, Policy, RegPerm};
 
-use config::{WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY};
+use config::{bar_reg, WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY};
 
 use core::borrow::Borrow;
 use core::marker::PhantomData;
@@ -557,8 +557,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         // saved and the virtual config is built from it.
         let mut header = [0u32; 7];
         for (i, slot) in header.iter_mut().enumerate() {
-            let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
-            *slot = perr(self.access.config_read(bdf, off, Width::Dword))?;
+            *slot = perr(self.access.config_read(bdf, bar_reg(i), Width::Dword))?;
         }
         state.reset_works = false;
         if self.access.reset_supported(bdf, ResetMethod::Function) {
@@ -591,7 +590,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
     /// Rewrites BARs, ROM BAR and Command after a reset that lost them.
     fn restore_header(&mut self, bdf: Bdf, header: &[u32; 7], command: u16) {
         for (i, v) in header.iter().enumerate() {
-            let off = if i < 6 { 0x10 + 4 * i as u16 } else { 0x30 };
+            let off = bar_reg(i);
             if perr(self.access.config_read(bdf, off, Width::Dword)).ok() != Some(*v) {
                 let _ = self.access.config_write(bdf, off, Width::Dword, *v);
             }
