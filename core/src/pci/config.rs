@@ -57,6 +57,22 @@ pub(crate) const fn bar_reg(i: usize) -> u16 {
     }
 }
 
+/// Width in bytes of the next naturally aligned access at `pos` with `left` bytes to go
+/// (spec/03 §3.1 step 4, spec/05 §6): the largest of `max`, …, 2, 1 (`max` is 8, 4, 2 or
+/// 1) that `left` holds and `pos` is a multiple of.
+#[inline]
+pub(crate) const fn natural_width(pos: u64, left: usize, max: usize) -> usize {
+    if max >= 8 && left >= 8 && pos % 8 == 0 {
+        8
+    } else if max >= 4 && left >= 4 && pos % 4 == 0 {
+        4
+    } else if max >= 2 && left >= 2 && pos % 2 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Status register bit 4: capability list present.
 const STATUS_CAP_LIST: u16 = 0x0010;
 /// Command register bits.
@@ -624,17 +640,10 @@ impl ConfigSpace {
         let end = start.saturating_add(len).min(self.size);
         let mut pos = start;
         while pos < end {
-            let left = end - pos;
-            let w = if left >= 4 && pos % 4 == 0 {
-                Width::Dword
-            } else if left >= 2 && pos % 2 == 0 {
-                Width::Word
-            } else {
-                Width::Byte
-            };
-            let v = perr(acc.config_read(bdf, pos, w))?;
-            self.vset(pos, w.bytes(), v);
-            pos += w.bytes() as u16;
+            let w = natural_width(u64::from(pos), usize::from(end - pos), 4);
+            let v = Self::phys_read(acc, bdf, pos, w)?;
+            self.vset(pos, w, v);
+            pos += w as u16;
         }
         Ok(())
     }
@@ -1094,15 +1103,7 @@ impl ConfigSpace {
                 _ => self.chunk_slow(pos, boundary),
             }
         };
-        let n = remaining.min(run);
-        let w = if n >= 4 && pos % 4 == 0 {
-            4
-        } else if n >= 2 && pos % 2 == 0 {
-            2
-        } else {
-            1
-        };
-        (owner, w)
+        (owner, natural_width(u64::from(pos), remaining.min(run), 4))
     }
 
     /// Owner and run of the chunk at `pos` (at most `boundary` bytes) from the table.

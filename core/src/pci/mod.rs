@@ -50,7 +50,9 @@ pub use ioeventfd::{Ioeventfd, IoeventfdTable, IOEVENTFD_CAPACITY};
 pub use irq::{IrqTable, MAX_VECTORS, NO_TOKEN};
 pub use perm::{cap_name, policy_for, Policy, RegPerm};
 
-use config::{bar_reg, WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY};
+use config::{
+    bar_reg, natural_width, WriteEffects, CMD_INTX_DISABLE, CMD_IO, CMD_MASTER, CMD_MEMORY,
+};
 
 use core::borrow::Borrow;
 use core::marker::PhantomData;
@@ -738,15 +740,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
                 Some((xs, _)) if p < xs => left.min(usize::try_from(xs - p).unwrap_or(usize::MAX)),
                 _ => left,
             };
-            let w = if fillable >= 8 && p % 8 == 0 {
-                8
-            } else if fillable >= 4 && p % 4 == 0 {
-                4
-            } else if fillable >= 2 && p % 2 == 0 {
-                2
-            } else {
-                1
-            };
+            let w = natural_width(p, fillable, 8);
             if gated && !mem_on {
                 return Err(Errno::EIO);
             }
@@ -795,13 +789,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
                 return Err(Errno::EIO);
             }
             let left = left.min(usize::try_from(image - p).unwrap_or(usize::MAX));
-            let w = if left >= 4 && p % 4 == 0 {
-                4
-            } else if left >= 2 && p % 2 == 0 {
-                2
-            } else {
-                1
-            };
+            let w = natural_width(p, left, 4);
             let s = buf.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
             perr(self.access.rom_read(bdf, p, s))?;
             done += w;
@@ -830,13 +818,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         while done < count {
             let p = pos + done as u64;
             let left = count - done;
-            let w = if left >= 4 && p % 4 == 0 {
-                4
-            } else if left >= 2 && p % 2 == 0 {
-                2
-            } else {
-                1
-            };
+            let w = natural_width(p, left, 4);
             let ok = match &mut io {
                 Io::Read(b) => {
                     let s = b.get_mut(done..done + w).ok_or(Errno::EINVAL)?;
