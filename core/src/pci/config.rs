@@ -494,18 +494,16 @@ impl ConfigSpace {
         }
         let idx = self.caps.partition_point(|c| c.offset <= pos);
         // Kept entries never overlap: the nearest owning entry at or below `pos` decides.
-        for i in (0..idx).rev() {
-            if let Some(c) = self.caps.get(i) {
-                if c.len != 0 {
-                    return if c.contains(pos) {
-                        Owner::Capability(i)
-                    } else {
-                        Owner::Raw
-                    };
-                }
-            }
+        let nearest = self
+            .caps
+            .iter()
+            .take(idx)
+            .enumerate()
+            .rfind(|(_, c)| c.len != 0);
+        match nearest {
+            Some((i, c)) if c.contains(pos) => Owner::Capability(i),
+            _ => Owner::Raw,
         }
-        Owner::Raw
     }
 
     /// How capability `c`'s bytes are accessed (spec/03 §3.2): its [`perm::Access`]
