@@ -20,7 +20,12 @@ use super::perr;
 pub const CONFIG_SPACE_MAX: usize = 4096;
 /// Bound on the standard capability walk: `(256 - 64) / 4` (spec/03 §1.3).
 pub const MAX_STANDARD_CAPS: usize = 48;
-/// Bound on the extended capability walk (STYLE.md guideline 5).
+/// Bound on the extended capability walk, in capabilities visited (kept and hidden):
+/// 480 = `(4096 - 256) / 8`, the TTL of the PCI core's own extended-capability search
+/// (STYLE.md guideline 5).
+/// The walk stops at `min(480, (size - 256) / 4)` steps and cuts the chain there
+/// ([`ChainDefectKind::TooLong`]). spec/03 §1.4 step 1 allows `(size - 256) / 4` (960 for
+/// 4096 bytes); the two differ only for a loop-free chain of more than 480 capabilities.
 pub const MAX_EXTENDED_CAPS: usize = 480;
 /// Capacity of the capability table (kept, placeholder and hidden entries together).
 ///
