@@ -920,10 +920,15 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
                     } else {
                         None
                     };
-                    if kind != IrqType::Intx {
-                        self.intx_enable(state)?;
-                    }
+                    // The trigger is in place before the handler can run (while INTx is
+                    // not the active type, the handler ignores it; spec/04 §6.1).
                     state.table().set_intx_trigger(token);
+                    if kind != IrqType::Intx {
+                        if let Err(e) = self.intx_enable(state) {
+                            state.table().set_intx_trigger(None);
+                            return Err(e);
+                        }
+                    }
                     return Ok(0);
                 }
                 if kind != IrqType::Intx {
@@ -938,8 +943,13 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         }
     }
 
-    /// spec/04 §6.1: host line requested (shared for PCI 2.3, exclusive otherwise),
-    /// `masked := virq_disabled`, `irq_type := INTx`.
+    /// spec/04 §6.1: `masked := virq_disabled`, `irq_type := INTx`, then the host line
+    /// requested (shared for PCI 2.3, exclusive otherwise). The state the handler reads is
+    /// published before the line is requested ("set before the handler can run") and
+    /// taken back if the request fails.
+    ///
+    /// # Errors
+    /// `ENODEV` without a host interrupt line; the platform's error from the request.
     fn intx_enable(&mut self, state: &mut PciDevice<E::Event, T>) -> Result<()> {
         let facts = state.config.facts();
         if facts.intx == IntxLine::Missing {
@@ -951,10 +961,14 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         if facts.intx_masking {
             set_disintx(&mut self.access, bdf, masked);
         }
-        perr(self.access.intx_request(bdf, facts.intx_masking, masked))?;
-        state.irq.intx_requested = true;
         state.table().set_intx_masked(masked);
         state.table().set_kind(IrqType::Intx);
+        if let Err(e) = perr(self.access.intx_request(bdf, facts.intx_masking, masked)) {
+            state.table().set_kind(IrqType::None);
+            state.table().set_intx_masked(false);
+            return Err(e);
+        }
+        state.irq.intx_requested = true;
         Ok(())
     }
 

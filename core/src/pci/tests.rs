@@ -22,6 +22,12 @@ struct MockPci {
     allocs: Vec<(MsiKind, u16)>,
     frees: u32,
     bar_writes: u32,
+    /// The shared trigger table, to see what the INTx handler would see at request time.
+    intx_watch: Option<&'static IrqTable>,
+    /// What `intx_request` saw in `intx_watch`: (kind, trigger token).
+    intx_seen: Option<(IrqType, Option<u32>)>,
+    /// The error `intx_request` returns, if any.
+    intx_error: Option<Errno>,
 }
 
 impl ErrorType for MockPci {
@@ -51,6 +57,9 @@ impl MockPci {
             allocs: Vec::new(),
             frees: 0,
             bar_writes: 0,
+            intx_watch: None,
+            intx_seen: None,
+            intx_error: None,
         }
     }
 
@@ -223,6 +232,11 @@ impl PciAccess for MockPci {
 
     fn irq_vectors_free(&mut self, _dev: Bdf) {
         self.frees += 1;
+    }
+
+    fn intx_request(&mut self, _dev: Bdf, _shared: bool, _masked: bool) -> Result<()> {
+        self.intx_seen = self.intx_watch.map(|t| (t.kind(), t.intx_trigger()));
+        self.intx_error.map_or(Ok(()), Err)
     }
 }
 
@@ -993,6 +1007,31 @@ fn err_and_req_hold_one_eventfd() {
     d.close_device(&mut s);
     d.request(&mut s, 2);
     assert_eq!(d.events().signals.borrow().len(), 3);
+}
+
+#[test]
+fn intx_handler_state_is_published_before_the_line_is_requested() {
+    // spec/04 §6.1: irq_type (and the trigger) are set before the handler can run; a
+    // failed request takes them back.
+    let table: &'static IrqTable = std::boxed::Box::leak(std::boxed::Box::new(IrqTable::new()));
+    let mut m = MockPci::standard();
+    m.intx_watch = Some(table);
+    m.intx_error = Some(Errno::EBUSY);
+    let mut d: PciDriver<MockPci, MockEvents, &'static IrqTable> =
+        PciDriver::with_tables(m, MockEvents::default());
+    let mut s = PciDevice::with_table(bdf(), table);
+    d.open_device(&mut s).expect("open");
+    let r = req(EVENTFD_TRIGGER, irq_index::INTX, 0, 1);
+    assert_eq!(d.set_irqs(&mut s, &r, &fds(&[3])), Err(Errno::EBUSY));
+    assert_eq!(d.access().intx_seen, Some((IrqType::Intx, Some(3))));
+    assert_eq!(s.irq_type(), IrqType::None);
+    assert!(!s.intx_masked());
+    assert_eq!(table.intx_trigger(), None);
+    d.access_mut().intx_error = None;
+    assert_eq!(d.set_irqs(&mut s, &r, &fds(&[4])), Ok(0));
+    assert_eq!(d.access().intx_seen, Some((IrqType::Intx, Some(4))));
+    assert_eq!(s.irq_type(), IrqType::Intx);
+    assert_eq!(table.intx_trigger(), Some(4));
 }
 
 #[test]
