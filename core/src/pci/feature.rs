@@ -100,8 +100,10 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         Ok(())
     }
 
-    /// Ends the low-power request (LOW_POWER_EXIT, last close), signalling the wakeup
-    /// eventfd if one is armed.
+    /// Ends the low-power request (LOW_POWER_EXIT, or a device access resuming a function
+    /// with a wakeup armed: [`PciDriver::pm_get`]), signalling the wakeup eventfd if one
+    /// is armed. Last close leaves low power without signalling (`close_device`, spec/05
+    /// §3 step 1).
     pub(super) fn low_power_exit(&mut self, state: &mut PciDevice<E::Event, T>) {
         if let LowPower::On { wakeup } = state.low_power {
             state.low_power = LowPower::Off;
