@@ -71,6 +71,9 @@ use crate::vfio::driver::{
 };
 use crate::vfio::FeatureRequest;
 
+/// Status register bit 3: Interrupt Status, the function asserts INTx (PCI 2.3).
+const STATUS_INTX: u32 = 0x0008;
+
 /// Page size assumed for mmap eligibility of sub-page BARs (spec/05 §7), bytes.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -409,14 +412,22 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         let pci23 = state.config.facts().intx_masking;
         let access = &mut self.access;
         state.table.borrow().intx_fired(&self.events, || {
-            if pci23 {
-                let status = perr(access.config_read(bdf, 0x06, Width::Word)).unwrap_or(0);
-                if status & 0x0008 == 0 {
-                    return false;
-                }
-                set_disintx(access, bdf, true);
-            } else {
+            if !pci23 {
                 access.intx_line_enable(bdf, false);
+                return true;
+            }
+            // Check-and-mask: Command (low half) and Status (high half) in one dword
+            // read, then DisINTx set unless it already is (spec/04 §6.4).
+            let Ok(cmd_status) = access.config_read(bdf, 0x04, Width::Dword) else {
+                return false;
+            };
+            if cmd_status & (STATUS_INTX << 16) == 0 {
+                return false;
+            }
+            let cmd = cmd_status & 0xFFFF;
+            if cmd & u32::from(CMD_INTX_DISABLE) == 0 {
+                let _ =
+                    access.config_write(bdf, 0x04, Width::Word, cmd | u32::from(CMD_INTX_DISABLE));
             }
             true
         })
