@@ -125,7 +125,8 @@ pub struct CapEntry {
 }
 
 impl CapEntry {
-    /// Whether this entry owns config byte `pos`.
+    /// Whether this entry owns the config byte at `pos` (bytes from the start of config
+    /// space): `offset <= pos < offset + len`; never for a hidden entry (`len == 0`).
     pub const fn contains(&self, pos: u16) -> bool {
         self.len != 0 && pos >= self.offset && (pos - self.offset) < self.len
     }
@@ -244,7 +245,7 @@ pub struct ChainDefect {
     /// Config offset of the pointer that was not followed (0x34, a capability's next
     /// byte, or an extended header).
     pub from: u16,
-    /// The offset it pointed to.
+    /// The config offset (bytes) it pointed to.
     pub to: u16,
 }
 
@@ -268,7 +269,10 @@ impl core::fmt::Display for ChainDefect {
     }
 }
 
-/// Per-open-device config state: virtual copy, capability table, BAR save area.
+/// Per-open-device config state (spec/03 §1): the virtual copy of config space
+/// ([`CONFIG_SPACE_MAX`] bytes, [`ConfigSpace::size`] of them used), the capability table
+/// (at most [`CAP_TABLE_CAPACITY`] entries), the BAR values saved at open (spec/03 §5.3)
+/// and the MSI/MSI-X facts read at open.
 #[derive(Debug, Clone)]
 pub struct ConfigSpace {
     vconfig: [u8; CONFIG_SPACE_MAX],
@@ -491,8 +495,9 @@ impl ConfigSpace {
         }
     }
 
-    /// Owner of config byte `pos` (spec/03 §1.1). `Raw` for bytes outside every kept
-    /// capability (and for everything when `pos >= size`).
+    /// Owner of the config byte at `pos` (bytes from the start of config space, spec/03
+    /// §1.1): `Header` below 0x40, else the kept capability holding it, else `Raw` (gaps,
+    /// hidden capabilities, and everything at or past `size()` above 0x40).
     pub fn owner(&self, pos: u16) -> Owner {
         if pos < 0x40 {
             return Owner::Header;

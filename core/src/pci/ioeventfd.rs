@@ -51,7 +51,7 @@ pub struct Ioeventfd<Ev> {
     pub pos: u64,
     /// Access width in bytes (1, 2, 4 or 8).
     pub size: u8,
-    /// The value written.
+    /// The value written: its low `size` bytes, little-endian.
     pub data: u64,
     /// The watched event.
     pub event: Ev,
