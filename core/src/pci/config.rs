@@ -1068,6 +1068,18 @@ impl ConfigSpace {
         Ok(())
     }
 
+    /// After a reset: writes the saved BARs back (spec/03 §5.3) if hardware lost one of
+    /// them ([`ConfigSpace::bars_lost`]).
+    ///
+    /// # Errors
+    /// The platform's error (as errno) from a config read or write.
+    pub(crate) fn restore_bars_if_lost<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<()> {
+        if self.bars_lost(acc, bdf)? {
+            self.restore_bars(acc, bdf)?;
+        }
+        Ok(())
+    }
+
     /// Whether a saved BAR is non-zero and differs from hardware (spec/03 §5.2 (c)).
     pub(crate) fn bars_lost<A: PciAccess>(&self, acc: &mut A, bdf: Bdf) -> Result<bool> {
         for (i, v) in self.rbar.iter().take(6).enumerate() {

@@ -1490,9 +1490,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         let bdf = state.bdf;
         let cmd = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
         perr(self.access.reset(bdf, ResetMethod::Function))?;
-        if state.config.bars_lost(&mut self.access, bdf)? {
-            state.config.restore_bars(&mut self.access, bdf)?;
-        }
+        state.config.restore_bars_if_lost(&mut self.access, bdf)?;
         let now = perr(self.access.config_read(bdf, 0x04, Width::Word))?;
         if now != cmd {
             perr(self.access.config_write(bdf, 0x04, Width::Word, cmd))?;

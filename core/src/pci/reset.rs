@@ -193,13 +193,8 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         self.access.zap_mappings(bdf);
         perr(self.access.reset(bdf, scope))?;
         state.needs_reset = false;
-        if state.open
-            && state
-                .config
-                .bars_lost(&mut self.access, bdf)
-                .unwrap_or(false)
-        {
-            let _ = state.config.restore_bars(&mut self.access, bdf);
+        if state.open {
+            let _ = state.config.restore_bars_if_lost(&mut self.access, bdf);
         }
         Ok(())
     }
