@@ -1263,10 +1263,6 @@ fn unpin<M: HostMemory>(
     }
 }
 
-/// Unmaps `span = (iova, len, page)` from every domain and unpins the pages, finding them
-/// through the first domain's translations (spec/02-type1.md §12.2). With `runs` (exact
-/// accounting) the pages are also un-charged as their last reference goes; otherwise the
-/// caller un-charges the entry's `locked_pages`.
 /// Removes from `domain` the pages of every IOMMU-mapped entry starting below IOVA
 /// `stop`: unmaps, unpins and un-charges them, and marks the entries not IOMMU-mapped.
 /// The entries themselves stay (replay rollback, spec/02-type1.md §5.1 step 13; last
@@ -1297,6 +1293,10 @@ fn unmap_entries_from<I: Iommu, M: HostMemory>(
     });
 }
 
+/// Unmaps `span = (iova, len, page)` from every domain and unpins the pages, finding them
+/// through the first domain's translations (spec/02-type1.md §12.2). With `runs` (exact
+/// accounting) the pages are also un-charged as their last reference goes; otherwise the
+/// caller un-charges the entry's `locked_pages`.
 fn unmap_and_unpin<I: Iommu, M: HostMemory>(
     iommu: &mut I,
     memory: &mut M,
