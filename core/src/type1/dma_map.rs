@@ -375,7 +375,8 @@ impl Vacancy {
 }
 
 /// Last byte covered by a stored node. Stored entries have a size ≥ 4 KiB and never wrap
-/// past 2^64 − 1 (`insert` checks), so plain wrapping arithmetic is exact.
+/// past 2^64 − 1 (`insert` and MAP check the range, `set` keeps it), so plain wrapping
+/// arithmetic is exact.
 #[inline(always)]
 fn node_last(node: &DmaEntry) -> u64 {
     (node.iova & !LOW).wrapping_add((node.size & !LOW).wrapping_sub(1))
@@ -525,11 +526,9 @@ impl<'s> DmaMap<'s> {
         self.node(i).map_or(0, |n| n.iova & !LOW)
     }
 
-    /// Last byte covered by node `i`.
+    /// Last byte covered by node `i` ([`node_last`]; 0 for `NIL`).
     fn last(&self, i: u32) -> u64 {
-        self.node(i).map_or(0, |n| {
-            (n.iova & !LOW).saturating_add((n.size & !LOW).saturating_sub(1))
-        })
+        self.node(i).map_or(0, node_last)
     }
 
     /// The entry `id` refers to (`None` for a stale or foreign id).
