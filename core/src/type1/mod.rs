@@ -439,14 +439,7 @@ impl Type1 {
                         entry.locked_pages = charged;
                         entry.iommu_mapped = true;
                         map.set(id, &entry).inspect_err(|_| {
-                            unmap_and_unpin(
-                                iommu,
-                                memory,
-                                &[new],
-                                (entry.iova, entry.size, page),
-                                runs.as_deref_mut(),
-                            );
-                            memory.charge(-to_i64(charged));
+                            unpin_entry(iommu, memory, &[new], &entry, page, runs.as_deref_mut());
                         })
                     }),
             };
@@ -575,11 +568,7 @@ impl Type1 {
         let mut invalid: u32 = 0;
         let mut runs = self.take_exact(map);
         map.drain(|entry| {
-            if entry.iommu_mapped {
-                let span = (entry.iova, entry.size, page);
-                unmap_and_unpin(iommu, memory, ids, span, runs.as_mut());
-            }
-            memory.charge(-to_i64(entry.locked_pages));
+            unpin_entry(iommu, memory, ids, entry, page, runs.as_mut());
             total = total.wrapping_add(entry.size);
             count = count.saturating_add(1);
             invalid = invalid.saturating_add(u32::from(entry.vaddr_invalid));
@@ -614,12 +603,8 @@ impl Type1 {
         entry: &Mapping,
         runs: Option<&mut ChargeRuns<'_>>,
     ) {
-        if entry.iommu_mapped {
-            let ids = self.domain_ids();
-            let span = (entry.iova, entry.size, memory.page_size());
-            unmap_and_unpin(iommu, memory, ids, span, runs);
-        }
-        memory.charge(-to_i64(entry.locked_pages));
+        let page = memory.page_size();
+        unpin_entry(iommu, memory, self.domain_ids(), entry, page, runs);
         if entry.vaddr_invalid {
             self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
         }
@@ -749,12 +734,8 @@ impl Type1 {
             entry.iommu_mapped = true;
         }
         if let Err(e) = map.insert_at(&vacancy, &entry) {
-            if entry.iommu_mapped {
-                let ids = self.domain_ids();
-                let span = (entry.iova, entry.size, page);
-                unmap_and_unpin(iommu, memory, ids, span, self.exact(map));
-                memory.charge(-to_i64(entry.locked_pages));
-            }
+            let runs = self.exact(map);
+            unpin_entry(iommu, memory, self.domain_ids(), &entry, page, runs);
             return Err(e);
         }
         self.dma_avail = self.dma_avail.saturating_sub(1);
@@ -1263,6 +1244,26 @@ fn unpin<M: HostMemory>(
     }
 }
 
+/// Undoes what MAP did for `entry` (spec/02-type1.md §12.2): when it is IOMMU-mapped,
+/// unmaps it from every domain of `domains` and unpins its pages ([`unmap_and_unpin`]),
+/// then un-charges its `locked_pages` (0 in exact mode, where `runs` un-charges each host
+/// page as its last reference goes). Never fails.
+fn unpin_entry<I: Iommu, M: HostMemory>(
+    iommu: &mut I,
+    memory: &mut M,
+    domains: &[DomainId],
+    entry: &Mapping,
+    page: u64,
+    runs: Option<&mut ChargeRuns<'_>>,
+) {
+    if entry.iommu_mapped {
+        unmap_and_unpin(iommu, memory, domains, (entry.iova, entry.size, page), runs);
+    }
+    if entry.locked_pages != 0 {
+        memory.charge(-to_i64(entry.locked_pages));
+    }
+}
+
 /// Removes from `domain` the pages of every IOMMU-mapped entry starting below IOVA
 /// `stop`: unmaps, unpins and un-charges them, and marks the entries not IOMMU-mapped.
 /// The entries themselves stay (replay rollback, spec/02-type1.md §5.1 step 13; last
@@ -1279,14 +1280,7 @@ fn unmap_entries_from<I: Iommu, M: HostMemory>(
     // Only flags and counts change: `set` cannot fail.
     let _ = map.update_all(|entry| {
         if entry.iova < stop && entry.iommu_mapped {
-            unmap_and_unpin(
-                iommu,
-                memory,
-                &[domain],
-                (entry.iova, entry.size, page),
-                runs.as_deref_mut(),
-            );
-            memory.charge(-to_i64(entry.locked_pages));
+            unpin_entry(iommu, memory, &[domain], entry, page, runs.as_deref_mut());
             entry.locked_pages = 0;
             entry.iommu_mapped = false;
         }
