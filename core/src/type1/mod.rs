@@ -1154,33 +1154,27 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
             }
             if run.kind == MemoryKind::Ram {
                 let last = run.phys + (len - 1);
-                let pages = match runs.as_deref() {
-                    Some(r) => {
-                        let (fresh, slots) = r.preview(run.phys, last, page);
-                        if r.len() + slots > r.capacity() {
-                            memory.unpin(run.phys, len);
-                            return Err(Errno::ENOMEM);
-                        }
-                        fresh
-                    }
-                    None => len / page,
+                // Exact mode: the pages no pin holds yet, and the run slots adding needs
+                // (one preview serves both the limit check and the add).
+                let (pages, slots) = match runs.as_deref() {
+                    Some(r) => r.preview(run.phys, last, page),
+                    None => (len / page, 0),
                 };
-                if !entry.lock_cap {
-                    if let Some(limit) = memory.lock_limit_pages() {
-                        if memory.locked_pages().saturating_add(pages) > limit {
-                            memory.unpin(run.phys, len);
-                            return Err(Errno::ENOMEM);
-                        }
-                    }
+                let over_limit = !entry.lock_cap
+                    && memory
+                        .lock_limit_pages()
+                        .is_some_and(|limit| memory.locked_pages().saturating_add(pages) > limit);
+                let added = match runs.as_deref_mut() {
+                    _ if over_limit => Err(Errno::ENOMEM),
+                    Some(r) => r.add_previewed(run.phys, last, slots),
+                    None => Ok(()),
+                };
+                if let Err(e) = added {
+                    memory.unpin(run.phys, len);
+                    return Err(e);
                 }
-                match runs.as_deref_mut() {
-                    Some(r) => {
-                        if let Err(e) = r.add(run.phys, last, page) {
-                            memory.unpin(run.phys, len);
-                            return Err(e);
-                        }
-                    }
-                    None => charged += pages,
+                if runs.is_none() {
+                    charged += pages;
                 }
                 memory.charge(to_i64(pages));
             }
@@ -1195,19 +1189,13 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                     for &undo in &domains[..k] {
                         iommu.unmap(undo, entry.iova + done, len);
                     }
-                    if run.kind == MemoryKind::Ram {
-                        match runs.as_deref_mut() {
-                            Some(r) => unpin(memory, Some(r), run.phys, len, page),
-                            None => {
-                                memory.unpin(run.phys, len);
-                                let pages = len / page;
-                                memory.charge(-to_i64(pages));
-                                charged -= pages;
-                            }
-                        }
-                    } else {
-                        memory.unpin(run.phys, len);
-                    }
+                    // In kernel mode this run's pages stay in `charged`, which the
+                    // rollback below un-charges with the others.
+                    let ram_runs = match run.kind {
+                        MemoryKind::Ram => runs.as_deref_mut(),
+                        MemoryKind::Mmio => None,
+                    };
+                    unpin(memory, ram_runs, run.phys, len, page);
                     return Err(e.errno());
                 }
             }
