@@ -94,7 +94,8 @@ impl<'s> ChargeRuns<'s> {
         self.len = 0;
     }
 
-    /// Pages currently charged (each host page once).
+    /// Pages currently charged, each host page once, in units of `page` bytes (the host
+    /// page size, a power of two).
     pub fn charged_pages(&self, page: u64) -> u64 {
         self.stored()
             .iter()
@@ -102,7 +103,8 @@ impl<'s> ChargeRuns<'s> {
             .sum()
     }
 
-    /// The references on the page containing `phys` (0 when not charged).
+    /// The references on the page containing the physical byte address `phys`: the number
+    /// of pins (entry runs) holding it, 0 when it is not charged. O(log r).
     pub fn refs(&self, phys: u64) -> u64 {
         let i = self.lower(phys);
         match self.stored().get(i) {

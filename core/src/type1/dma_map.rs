@@ -92,7 +92,8 @@ impl IovaRange {
         self.first <= other.first && other.last <= self.last
     }
 
-    /// Length in bytes, or `None` for the full 2^64-byte range.
+    /// Length in bytes (`last − first + 1`, ≥ 1), or `None` for the full 2^64-byte range,
+    /// whose length does not fit in a `u64`.
     pub const fn byte_len(&self) -> Option<u64> {
         (self.last.wrapping_sub(self.first)).checked_add(1)
     }
@@ -555,7 +556,8 @@ impl<'s> DmaMap<'s> {
         Ok(())
     }
 
-    /// The entry with the lowest IOVA overlapping `range`, if any. O(log n).
+    /// The entry with the lowest IOVA sharing at least one byte with the inclusive `range`
+    /// (spec/02-type1.md §6.2 M8, §7.3), if any. O(log n).
     pub fn first_overlapping(&self, range: IovaRange) -> Option<EntryId> {
         // Branch-free descent to a leaf: the answer is the node with the lowest last byte
         // at or above `range.first` (entries are disjoint, so also the lowest IOVA).
@@ -573,7 +575,8 @@ impl<'s> DmaMap<'s> {
         (best != NIL && best_key <= range.last).then_some(EntryId(best))
     }
 
-    /// The entry containing `iova`, if any. O(log n).
+    /// The entry whose bytes `[iova, iova + size − 1]` contain the byte address `iova`
+    /// (any alignment), if any. O(log n).
     pub fn find(&self, iova: u64) -> Option<EntryId> {
         // Branch-free descent to a leaf keeping the node with the highest IOVA ≤ `iova`.
         let mut cur = self.root;
@@ -587,7 +590,8 @@ impl<'s> DmaMap<'s> {
         (iova - (node.iova & !LOW) < node.size & !LOW).then_some(EntryId(best))
     }
 
-    /// The entry following `id` in IOVA order. O(log n).
+    /// The entry following `id` in IOVA order (`None` after the last one or for a stale
+    /// id). O(log n).
     pub fn next(&self, id: EntryId) -> Option<EntryId> {
         let last = self.last(id.0);
         let from = last.checked_add(1)?;
@@ -853,8 +857,10 @@ impl<'s> DmaMap<'s> {
         }
     }
 
-    /// Removes the entry starting at exactly `iova` and returns it. O(log n). Every
-    /// [`EntryId`] obtained before is invalidated.
+    /// Removes the entry starting at exactly `iova` (bytes) and returns it; `None` (map
+    /// unchanged) when no entry starts there, which includes any `iova` not 4 KiB aligned.
+    /// O(log n). Every [`EntryId`] obtained before is invalidated. Only the tree changes:
+    /// unmapping, unpinning and un-charging are the caller's (spec/02-type1.md §12.2).
     pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
         if iova & LOW != 0 {
             return None;
@@ -864,8 +870,10 @@ impl<'s> DmaMap<'s> {
         self.remove_at(&mut path, cur)
     }
 
-    /// Removes and returns the entry covering exactly `range` (same first and last byte),
-    /// if there is one; otherwise leaves the map unchanged. One descent, O(log n).
+    /// Removes and returns the entry covering exactly the inclusive `range` (same first
+    /// and last byte), if there is one; otherwise (including an unaligned `range.first`)
+    /// leaves the map unchanged. One descent, O(log n). Invalidates [`EntryId`]s as
+    /// [`DmaMap::remove`] does.
     pub fn remove_exact(&mut self, range: IovaRange) -> Option<Mapping> {
         if range.first & LOW != 0 {
             return None;

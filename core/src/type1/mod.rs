@@ -202,17 +202,24 @@ impl Type1 {
         }
     }
 
-    /// Whether the instance has v2 unmap semantics.
+    /// Whether the instance has v2 unmap semantics (opened as type 3 or 6, spec/02-type1.md
+    /// §2.1, §7.4): an UNMAP whose range bisects an entry fails `EINVAL` (v1 skips or
+    /// removes such an entry whole instead).
     pub fn is_v2(&self) -> bool {
         self.v2
     }
 
-    /// The supported page-size bitmap (bit n = 2^n bytes).
+    /// The supported IOVA page sizes, reported as `iova_pgsizes` by GET_INFO
+    /// (spec/02-type1.md §3): bit `n` set = 2^n bytes. With no domain, every power of two
+    /// from the host page size up; otherwise the AND of the domains' bitmaps with sizes
+    /// below the host page folded into it. 0 only when the domains share no page size.
     pub fn pgsize_bitmap(&self) -> u64 {
         self.pgsize_bitmap
     }
 
-    /// The minimum IOMMU page size in bytes (lowest bit of the bitmap).
+    /// The container's minimum IOMMU page size `pgsize` in bytes (the lowest set bit of
+    /// [`Type1::pgsize_bitmap`], spec/02-type1.md §3): MAP, UNMAP and dirty bitmaps must be
+    /// aligned to it. 0 only when the bitmap is 0.
     pub fn pgsize(&self) -> u64 {
         self.pgsize_bitmap & self.pgsize_bitmap.wrapping_neg()
     }
@@ -252,17 +259,20 @@ impl Type1 {
         }
     }
 
-    /// How many more entries may be created.
+    /// How many more entries may be created (`dma_avail`, spec/02-type1.md §1.1): starts
+    /// at [`Type1Config::dma_entry_limit`], one less per MAP, one more per removed entry;
+    /// a MAP at 0 fails `ENOSPC` (§6.2 M9).
     pub fn dma_avail(&self) -> u32 {
         self.dma_avail
     }
 
-    /// Number of IOMMU domains.
+    /// Number of IOMMU domains (0 to [`MAX_DOMAINS`]; emulated groups have none).
     pub fn domain_count(&self) -> usize {
         self.domains.len()
     }
 
-    /// The domain `group` is attached to (`None` for emulated or unknown groups).
+    /// The domain `group` is attached to (spec/02-type1.md §5.1 step 11; `None` for
+    /// emulated or unknown groups).
     pub fn domain_of(&self, group: GroupId) -> Option<DomainId> {
         self.domains
             .iter()
@@ -270,7 +280,9 @@ impl Type1 {
             .map(|d| d.info.id)
     }
 
-    /// The valid IOVA list (empty = unrestricted).
+    /// The valid IOVA list (spec/02-type1.md §4): sorted, disjoint, inclusive byte ranges
+    /// `[first, last]`, at most [`MAX_IOVA_RANGES`]; empty = unrestricted (no IOMMU-backed
+    /// group yet).
     pub fn iova_list(&self) -> &IovaList {
         &self.iova_list
     }
@@ -928,7 +940,8 @@ impl Type1 {
         self.domains.iter().map(|d| d.groups.len()).sum()
     }
 
-    /// Whether dirty page tracking is on.
+    /// Whether dirty page tracking is on (`DIRTY_PAGES` `START` .. `STOP`,
+    /// spec/02-type1.md §10.2).
     pub fn dirty_tracking(&self) -> bool {
         self.dirty_tracking
     }
