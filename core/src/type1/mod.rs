@@ -224,6 +224,13 @@ impl Type1 {
         self.pgsize_bitmap & self.pgsize_bitmap.wrapping_neg()
     }
 
+    /// `bytes` in pages of [`Type1::pgsize`], rounded down; `u64::MAX` when the pgsize is 0
+    /// (domains sharing no page size), so that no input divides by zero: the dirty-page
+    /// limit then refuses (`EINVAL`) and a bitmap report does not fit (`EFAULT`).
+    fn pages_of(&self, bytes: u64) -> u64 {
+        bytes.checked_div(self.pgsize()).unwrap_or(u64::MAX)
+    }
+
     /// Whether exact accounting is on ([`Type1Config::exact_accounting`]).
     pub fn exact_accounting(&self) -> bool {
         self.config.exact_accounting
@@ -733,7 +740,7 @@ impl Type1 {
             locked_pages: 0,
             dirty_all: false,
         };
-        if self.dirty_tracking && request.size / self.pgsize() > DIRTY_MAX_PAGES {
+        if self.dirty_tracking && self.pages_of(request.size) > DIRTY_MAX_PAGES {
             return Err(Errno::EINVAL);
         }
         let page = memory.page_size();
@@ -924,11 +931,10 @@ impl Type1 {
     /// Sets the dirty bits of `entry` in `buffer` (bit k = page `start + k × pgsize`) and
     /// resets the entry's dirty state (spec/02-type1.md §10.3).
     fn report_dirty(&self, entry: &mut Mapping, start: u64, buffer: &mut [u8]) -> Result<()> {
-        let pgsize = self.pgsize();
         let iommu_dirty = entry.iommu_mapped && self.non_pinned_groups() > 0;
         if iommu_dirty || entry.dirty_all {
-            let first = entry.iova.saturating_sub(start) / pgsize;
-            let pages = entry.size / pgsize;
+            let first = self.pages_of(entry.iova.saturating_sub(start));
+            let pages = self.pages_of(entry.size);
             set_bits(buffer, first, pages)?;
         }
         entry.dirty_all = false;
@@ -960,8 +966,7 @@ impl Type1 {
                 if self.dirty_tracking {
                     return Ok(());
                 }
-                let pgsize = self.pgsize();
-                if map.iter().any(|e| e.size / pgsize > DIRTY_MAX_PAGES) {
+                if map.iter().any(|e| self.pages_of(e.size) > DIRTY_MAX_PAGES) {
                     return Err(Errno::EINVAL);
                 }
                 map.update_all(|entry| entry.dirty_all = false)?;
@@ -1363,4 +1368,36 @@ fn copy_translations<I: Iommu>(
         offset += run;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pgsize of 0 (domains sharing no page size) refuses instead of dividing by zero.
+    #[test]
+    fn zero_pgsize_never_divides_by_zero() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let entry = Mapping {
+            iova: 0x1000,
+            size: 0x2000,
+            ..Mapping::EMPTY
+        };
+        map.insert(entry).unwrap();
+        let mut type1 = Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0).unwrap();
+        assert_eq!(type1.pgsize(), 0);
+        assert_eq!(
+            type1.dirty_pages_control(&mut map, dirty_flags::START),
+            Err(Errno::EINVAL)
+        );
+        type1.dirty_tracking = true;
+        let mut dirty = entry;
+        dirty.dirty_all = true;
+        let mut buffer = [0u8; 8];
+        assert_eq!(
+            type1.report_dirty(&mut dirty, 0, &mut buffer),
+            Err(Errno::EFAULT)
+        );
+    }
 }
