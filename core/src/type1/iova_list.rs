@@ -160,11 +160,7 @@ pub fn after_detach<I: Iommu>(
     let (Some(first), Some(last)) = (list.first(), list.last()) else {
         return;
     };
-    let (mut start, mut end) = (first.first, last.last);
-    if let Some((lo, hi)) = bounds {
-        start = lo;
-        end = hi;
-    }
+    let (start, end) = bounds.unwrap_or((first.first, last.last));
     if start > end {
         return;
     }
