@@ -726,12 +726,13 @@ impl<'s> DmaMap<'s> {
             return Err(Errno::EINVAL);
         }
         let range = IovaRange::new(entry.iova, entry.size).map_err(|_| Errno::EINVAL)?;
-        pack(&entry, 1, self.shift)?;
+        // Packing also checks the 4 KiB alignment that `vacancy` relies on.
+        let words = pack(&entry, 1, self.shift)?;
         let mut vacancy = Vacancy::new();
         if !self.vacancy(range, &mut vacancy) {
             return Err(Errno::EEXIST);
         }
-        self.insert_at(&vacancy, &entry)
+        self.link_new(&vacancy, words)
     }
 
     /// Finds the place where an entry covering `range` would be inserted and records it
@@ -795,10 +796,20 @@ impl<'s> DmaMap<'s> {
     /// # Errors
     /// As [`DmaMap::insert`].
     pub(crate) fn insert_at(&mut self, vacancy: &Vacancy, entry: &Mapping) -> Result<EntryId> {
-        let (iova, size, vaddr) = pack(entry, 1, self.shift)?;
         if vacancy.generation != self.generation {
             return self.insert(*entry);
         }
+        let words = pack(entry, 1, self.shift)?;
+        self.link_new(vacancy, words)
+    }
+
+    /// Stores the packed words `(iova, size, vaddr)` of a new entry in a free slot, links
+    /// it at `vacancy` (current: same generation) and rebalances. O(log n).
+    ///
+    /// # Errors
+    /// `ENOMEM` when the storage is full (nothing changes).
+    fn link_new(&mut self, vacancy: &Vacancy, words: (u64, u64, u64)) -> Result<EntryId> {
+        let (iova, size, vaddr) = words;
         let n = self.alloc()?;
         if let Some(slot) = self.nodes.get_mut(n as usize) {
             *slot = DmaEntry {
