@@ -86,11 +86,13 @@ impl Default for Type1Config {
 pub struct MapDma {
     /// `READ` 0x1, `WRITE` 0x2, `VADDR` 0x4 (`uapi::dma_map_flags`).
     pub flags: u32,
-    /// Process virtual address of the first byte.
+    /// Process virtual address of the first byte (a multiple of [`Type1::pgsize`]; `vaddr +
+    /// size − 1` must not pass 2^64 − 1).
     pub vaddr: u64,
-    /// Device address of the first byte.
+    /// Device address of the first byte (a multiple of [`Type1::pgsize`]; the entry covers
+    /// `[iova, iova + size − 1]`, which must not pass 2^64 − 1).
     pub iova: u64,
-    /// Length in bytes.
+    /// Length in bytes: > 0, a multiple of [`Type1::pgsize`].
     pub size: u64,
 }
 
@@ -99,9 +101,10 @@ pub struct MapDma {
 pub struct UnmapDma {
     /// `GET_DIRTY_BITMAP` 0x1, `ALL` 0x2, `VADDR` 0x4 (`uapi::dma_unmap_flags`).
     pub flags: u32,
-    /// First IOVA of the range (0 with `ALL`).
+    /// First IOVA of the range, a multiple of [`Type1::pgsize`] (0 with `ALL`).
     pub iova: u64,
-    /// Length in bytes (0 with `ALL`).
+    /// Length in bytes: > 0 and a multiple of [`Type1::pgsize`], the range being `[iova,
+    /// iova + size − 1]` (0 with `ALL`, which means `[0, 2^64 − 1]`).
     pub size: u64,
 }
 
@@ -685,9 +688,8 @@ impl Type1 {
         {
             return Err(Errno::EINVAL);
         }
-        if request.size == 0 {
-            return Err(Errno::EINVAL);
-        }
+        // M4 (size 0: `EINVAL`) and M5 (wrap) in one: `IovaRange::new` checks the size
+        // first.
         let range = self.user_range(request.iova, request.size)?;
         self.user_range(request.vaddr, request.size)?;
         let mut prot = Prot::empty();
