@@ -1168,12 +1168,18 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                 .pin(entry.vaddr + done, entry.size - done, write)
                 .map_err(|e| e.errno())?;
             let len = run.len.min(entry.size - done);
-            if len == 0 || len % page != 0 {
-                memory.unpin(run.phys, run.len);
-                return Err(Errno::EFAULT);
-            }
+            // A usable run is whole pages and does not wrap past physical 2^64 − 1.
+            let last = match len
+                .checked_sub(1)
+                .and_then(|extra| run.phys.checked_add(extra))
+            {
+                Some(last) if len % page == 0 => last,
+                _ => {
+                    memory.unpin(run.phys, run.len);
+                    return Err(Errno::EFAULT);
+                }
+            };
             if run.kind == MemoryKind::Ram {
-                let last = run.phys + (len - 1);
                 // Exact mode: the pages no pin holds yet, and the run slots adding needs
                 // (one preview serves both the limit check and the add).
                 let (pages, slots) = match runs.as_deref() {
@@ -1247,7 +1253,7 @@ fn unpin<M: HostMemory>(
 ) {
     memory.unpin(phys, len);
     if let Some(r) = runs {
-        let released = r.remove(phys, phys + (len - 1), page);
+        let released = r.remove(phys, phys.saturating_add(len.saturating_sub(1)), page);
         memory.charge(-to_i64(released));
     }
 }
