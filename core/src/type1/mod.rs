@@ -1381,6 +1381,169 @@ fn copy_translations<I: Iommu>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errno::ErrorType;
+    use crate::platform::{GroupInfo, PinnedRun, ReservedRegion};
+
+    /// One domain per group (`ops` = the group), identity translations, and a domain whose
+    /// `map` fails on request.
+    #[derive(Debug, Default)]
+    struct TestIommu {
+        next: DomainId,
+        fail_map: Option<DomainId>,
+    }
+
+    impl ErrorType for TestIommu {
+        type Error = Errno;
+    }
+
+    impl Iommu for TestIommu {
+        fn group_info(&self, _group: GroupId) -> Option<GroupInfo> {
+            Some(GroupInfo {
+                emulated: false,
+                intr_remap: true,
+            })
+        }
+        fn group_viable(&self, _group: GroupId) -> bool {
+            true
+        }
+        fn claim_dma_owner(&mut self, _group: GroupId) -> Result<()> {
+            Ok(())
+        }
+        fn release_dma_owner(&mut self, _group: GroupId) {}
+        fn domain_alloc(&mut self, group: GroupId) -> Result<DomainInfo> {
+            self.next += 1;
+            Ok(DomainInfo {
+                id: self.next,
+                ops: group,
+                pgsize_bitmap: 0x1000,
+                aperture_start: 0,
+                aperture_end: u64::MAX,
+                enforce_coherency: true,
+            })
+        }
+        fn domain_free(&mut self, _domain: DomainId) {}
+        fn attach(&mut self, _domain: DomainId, _group: GroupId) -> Result<()> {
+            Ok(())
+        }
+        fn detach(&mut self, _domain: DomainId, _group: GroupId) {}
+        fn reserved_region(&self, _group: GroupId, _index: usize) -> Option<ReservedRegion> {
+            None
+        }
+        fn map(
+            &mut self,
+            domain: DomainId,
+            _iova: u64,
+            _phys: u64,
+            _len: u64,
+            _p: Prot,
+        ) -> Result<()> {
+            if self.fail_map == Some(domain) {
+                return Err(Errno::EIO);
+            }
+            Ok(())
+        }
+        fn unmap(&mut self, _domain: DomainId, _iova: u64, len: u64) -> u64 {
+            len
+        }
+        fn iova_to_phys(&self, _domain: DomainId, iova: u64) -> Option<u64> {
+            Some(iova)
+        }
+    }
+
+    /// Pins `phys = vaddr` (or `phys` when set), counting pinned bytes and charged pages.
+    #[derive(Debug, Default)]
+    struct TestMemory {
+        phys: Option<u64>,
+        pinned: i64,
+        locked: i64,
+    }
+
+    impl ErrorType for TestMemory {
+        type Error = Errno;
+    }
+
+    impl HostMemory for TestMemory {
+        fn page_size(&self) -> u64 {
+            0x1000
+        }
+        fn pin(&mut self, vaddr: u64, len: u64, _write: bool) -> Result<PinnedRun> {
+            self.pinned += len as i64;
+            Ok(PinnedRun {
+                phys: self.phys.unwrap_or(vaddr),
+                len,
+                kind: MemoryKind::Ram,
+            })
+        }
+        fn unpin(&mut self, _phys: u64, len: u64) {
+            self.pinned -= len as i64;
+        }
+        fn locked_pages(&self) -> u64 {
+            self.locked as u64
+        }
+        fn lock_limit_pages(&self) -> Option<u64> {
+            None
+        }
+        fn lock_cap(&self) -> bool {
+            false
+        }
+        fn charge(&mut self, pages: i64) {
+            self.locked += pages;
+        }
+    }
+
+    const MAP: MapDma = MapDma {
+        flags: dma_map_flags::READ | dma_map_flags::WRITE,
+        vaddr: 0x10_0000,
+        iova: 0x10_0000,
+        size: 0x2000,
+    };
+
+    /// A platform run whose last byte would wrap past physical 2^64 − 1 is refused with
+    /// `EFAULT`; nothing stays pinned, charged or recorded.
+    #[test]
+    fn wrapping_physical_run_is_refused() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
+        let mut type1 =
+            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 1)
+            .unwrap();
+        memory.phys = Some(u64::MAX - 0xfff);
+        let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &MAP);
+        assert_eq!(result, Err(Errno::EFAULT));
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0, 0, 0));
+        assert_eq!(type1.dma_avail(), DEFAULT_DMA_ENTRY_LIMIT);
+    }
+
+    /// A map failure in the second domain rolls back the first domain's mapping, the pin
+    /// and the kernel-mode charge.
+    #[test]
+    fn map_failure_in_a_later_domain_rolls_back() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
+        let mut type1 =
+            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 1)
+            .unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 2)
+            .unwrap();
+        assert_eq!(type1.domain_count(), 2);
+        // Domains are kept newest first: fail the one mapped second.
+        iommu.fail_map = Some(1);
+        let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &MAP);
+        assert_eq!(result, Err(Errno::EIO));
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0, 0, 0));
+        iommu.fail_map = None;
+        type1
+            .map_dma(&mut map, &mut iommu, &mut memory, &MAP)
+            .unwrap();
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0x2000, 2, 1));
+    }
 
     /// A pgsize of 0 (domains sharing no page size) refuses instead of dividing by zero.
     #[test]
