@@ -190,18 +190,17 @@ impl Type1 {
         }
     }
 
-    /// Answers `CHECK_EXTENSION` for this instance (spec/02-type1.md §2.2).
+    /// Answers `CHECK_EXTENSION` for this instance (spec/02-type1.md §2.2): 1 or 0. The
+    /// two instance-dependent answers are here (`DMA_CC_IOMMU`: every domain enforces
+    /// coherency; `UPDATE_VADDR`: no emulated group), the rest as
+    /// [`Type1::check_extension_static`] with the instance's era.
     pub fn check_extension(&self, arg: u32) -> u32 {
         match arg {
-            extension::TYPE1_IOMMU | extension::TYPE1V2_IOMMU | extension::UNMAP_ALL => 1,
             extension::DMA_CC_IOMMU => {
                 u32::from(self.domains.iter().all(|d| d.info.enforce_coherency))
             }
             extension::UPDATE_VADDR => u32::from(self.emulated.is_empty()),
-            extension::TYPE1_NESTING_IOMMU => {
-                u32::from(self.config.era.before(crate::Era::Linux7_3))
-            }
-            _ => 0,
+            _ => Self::check_extension_static(arg, self.config.era),
         }
     }
 
