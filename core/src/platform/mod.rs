@@ -734,7 +734,11 @@ pub struct PinnedRun {
 
 /// The calling process's address space, as the Type1 backend pins it.
 pub trait HostMemory: ErrorType {
-    /// Host page size in bytes (a power of two, typically 4096).
+    /// Host page size in bytes: a power of two, at least 4096 (typically 4096). It is the
+    /// unit of [`HostMemory::locked_pages`], [`HostMemory::lock_limit_pages`] and
+    /// [`HostMemory::charge`], and the smallest IOVA page Type1 offers (spec/02-type1.md
+    /// §3). Type1 divides by it and its DMA map keeps metadata in the low 12 bits of
+    /// page-aligned addresses, so 0 or a smaller size is a platform bug.
     fn page_size(&self) -> u64;
 
     /// Pins the longest physically contiguous run of one [`MemoryKind`] that starts at

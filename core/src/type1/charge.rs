@@ -94,7 +94,8 @@ impl<'s> ChargeRuns<'s> {
         self.len = 0;
     }
 
-    /// Pages currently charged (each host page once).
+    /// Pages currently charged, each host page once, in units of `page` bytes (the host
+    /// page size, a power of two).
     pub fn charged_pages(&self, page: u64) -> u64 {
         self.stored()
             .iter()
@@ -102,7 +103,8 @@ impl<'s> ChargeRuns<'s> {
             .sum()
     }
 
-    /// The references on the page containing `phys` (0 when not charged).
+    /// The references on the page containing the physical byte address `phys`: the number
+    /// of pins (entry runs) holding it, 0 when it is not charged. O(log r).
     pub fn refs(&self, phys: u64) -> u64 {
         let i = self.lower(phys);
         match self.stored().get(i) {
@@ -179,13 +181,27 @@ impl<'s> ChargeRuns<'s> {
     }
 
     /// Adds a reference to every page of `[first, last]` and returns the pages that were
-    /// not charged before. All or nothing.
+    /// not charged before ([`ChargeRuns::preview`] then [`ChargeRuns::add_previewed`]).
+    /// All or nothing.
     ///
     /// # Errors
     /// `ENOMEM` when the storage cannot hold the resulting runs (nothing changes).
+    #[cfg(test)]
     pub(crate) fn add(&mut self, first: u64, last: u64, page: u64) -> Result<u64> {
         let (fresh, slots) = self.preview(first, last, page);
-        if self.len + slots > self.runs.len() {
+        self.add_previewed(first, last, slots)?;
+        Ok(fresh)
+    }
+
+    /// Adds a reference to every page of `[first, last]` (bytes, inclusive, page aligned)
+    /// given its preview: `slots` from [`ChargeRuns::preview`] with the runs unchanged
+    /// since. The pages that preview reported fresh are those that become charged (the
+    /// caller charges them). All or nothing (Type1 MAP, spec/02-type1.md §8).
+    ///
+    /// # Errors
+    /// `ENOMEM` when the storage cannot hold `slots` more runs (nothing changes).
+    pub(crate) fn add_previewed(&mut self, first: u64, last: u64, slots: usize) -> Result<()> {
+        if self.len.saturating_add(slots) > self.runs.len() {
             return Err(Errno::ENOMEM);
         }
         let mut i = self.lower(first);
@@ -212,7 +228,7 @@ impl<'s> ChargeRuns<'s> {
                     self.runs[i].refs += 1;
                     match r.last.checked_add(1) {
                         Some(next) if next <= last => pos = next,
-                        _ => return Ok(fresh),
+                        _ => return Ok(()),
                     }
                     i += 1;
                 }
@@ -223,7 +239,7 @@ impl<'s> ChargeRuns<'s> {
                         refs: 1,
                     };
                     self.insert(i, gap)?;
-                    return Ok(fresh);
+                    return Ok(());
                 }
             }
         }

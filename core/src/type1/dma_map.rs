@@ -92,7 +92,8 @@ impl IovaRange {
         self.first <= other.first && other.last <= self.last
     }
 
-    /// Length in bytes, or `None` for the full 2^64-byte range.
+    /// Length in bytes (`last − first + 1`, ≥ 1), or `None` for the full 2^64-byte range,
+    /// whose length does not fit in a `u64`.
     pub const fn byte_len(&self) -> Option<u64> {
         (self.last.wrapping_sub(self.first)).checked_add(1)
     }
@@ -375,7 +376,8 @@ impl Vacancy {
 }
 
 /// Last byte covered by a stored node. Stored entries have a size ≥ 4 KiB and never wrap
-/// past 2^64 − 1 (`insert` checks), so plain wrapping arithmetic is exact.
+/// past 2^64 − 1 (`insert` and MAP check the range, `set` keeps it), so plain wrapping
+/// arithmetic is exact.
 #[inline(always)]
 fn node_last(node: &DmaEntry) -> u64 {
     (node.iova & !LOW).wrapping_add((node.size & !LOW).wrapping_sub(1))
@@ -525,11 +527,9 @@ impl<'s> DmaMap<'s> {
         self.node(i).map_or(0, |n| n.iova & !LOW)
     }
 
-    /// Last byte covered by node `i`.
+    /// Last byte covered by node `i` ([`node_last`]; 0 for `NIL`).
     fn last(&self, i: u32) -> u64 {
-        self.node(i).map_or(0, |n| {
-            (n.iova & !LOW).saturating_add((n.size & !LOW).saturating_sub(1))
-        })
+        self.node(i).map_or(0, node_last)
     }
 
     /// The entry `id` refers to (`None` for a stale or foreign id).
@@ -556,7 +556,8 @@ impl<'s> DmaMap<'s> {
         Ok(())
     }
 
-    /// The entry with the lowest IOVA overlapping `range`, if any. O(log n).
+    /// The entry with the lowest IOVA sharing at least one byte with the inclusive `range`
+    /// (spec/02-type1.md §6.2 M8, §7.3), if any. O(log n).
     pub fn first_overlapping(&self, range: IovaRange) -> Option<EntryId> {
         // Branch-free descent to a leaf: the answer is the node with the lowest last byte
         // at or above `range.first` (entries are disjoint, so also the lowest IOVA).
@@ -574,7 +575,8 @@ impl<'s> DmaMap<'s> {
         (best != NIL && best_key <= range.last).then_some(EntryId(best))
     }
 
-    /// The entry containing `iova`, if any. O(log n).
+    /// The entry whose bytes `[iova, iova + size − 1]` contain the byte address `iova`
+    /// (any alignment), if any. O(log n).
     pub fn find(&self, iova: u64) -> Option<EntryId> {
         // Branch-free descent to a leaf keeping the node with the highest IOVA ≤ `iova`.
         let mut cur = self.root;
@@ -588,7 +590,8 @@ impl<'s> DmaMap<'s> {
         (iova - (node.iova & !LOW) < node.size & !LOW).then_some(EntryId(best))
     }
 
-    /// The entry following `id` in IOVA order. O(log n).
+    /// The entry following `id` in IOVA order (`None` after the last one or for a stale
+    /// id). O(log n).
     pub fn next(&self, id: EntryId) -> Option<EntryId> {
         let last = self.last(id.0);
         let from = last.checked_add(1)?;
@@ -723,12 +726,13 @@ impl<'s> DmaMap<'s> {
             return Err(Errno::EINVAL);
         }
         let range = IovaRange::new(entry.iova, entry.size).map_err(|_| Errno::EINVAL)?;
-        pack(&entry, 1, self.shift)?;
+        // Packing also checks the 4 KiB alignment that `vacancy` relies on.
+        let words = pack(&entry, 1, self.shift)?;
         let mut vacancy = Vacancy::new();
         if !self.vacancy(range, &mut vacancy) {
             return Err(Errno::EEXIST);
         }
-        self.insert_at(&vacancy, &entry)
+        self.link_new(&vacancy, words)
     }
 
     /// Finds the place where an entry covering `range` would be inserted and records it
@@ -792,10 +796,20 @@ impl<'s> DmaMap<'s> {
     /// # Errors
     /// As [`DmaMap::insert`].
     pub(crate) fn insert_at(&mut self, vacancy: &Vacancy, entry: &Mapping) -> Result<EntryId> {
-        let (iova, size, vaddr) = pack(entry, 1, self.shift)?;
         if vacancy.generation != self.generation {
             return self.insert(*entry);
         }
+        let words = pack(entry, 1, self.shift)?;
+        self.link_new(vacancy, words)
+    }
+
+    /// Stores the packed words `(iova, size, vaddr)` of a new entry in a free slot, links
+    /// it at `vacancy` (current: same generation) and rebalances. O(log n).
+    ///
+    /// # Errors
+    /// `ENOMEM` when the storage is full (nothing changes).
+    fn link_new(&mut self, vacancy: &Vacancy, words: (u64, u64, u64)) -> Result<EntryId> {
+        let (iova, size, vaddr) = words;
         let n = self.alloc()?;
         if let Some(slot) = self.nodes.get_mut(n as usize) {
             *slot = DmaEntry {
@@ -854,8 +868,10 @@ impl<'s> DmaMap<'s> {
         }
     }
 
-    /// Removes the entry starting at exactly `iova` and returns it. O(log n). Every
-    /// [`EntryId`] obtained before is invalidated.
+    /// Removes the entry starting at exactly `iova` (bytes) and returns it; `None` (map
+    /// unchanged) when no entry starts there, which includes any `iova` not 4 KiB aligned.
+    /// O(log n). Every [`EntryId`] obtained before is invalidated. Only the tree changes:
+    /// unmapping, unpinning and un-charging are the caller's (spec/02-type1.md §12.2).
     pub fn remove(&mut self, iova: u64) -> Option<Mapping> {
         if iova & LOW != 0 {
             return None;
@@ -865,8 +881,10 @@ impl<'s> DmaMap<'s> {
         self.remove_at(&mut path, cur)
     }
 
-    /// Removes and returns the entry covering exactly `range` (same first and last byte),
-    /// if there is one; otherwise leaves the map unchanged. One descent, O(log n).
+    /// Removes and returns the entry covering exactly the inclusive `range` (same first
+    /// and last byte), if there is one; otherwise (including an unaligned `range.first`)
+    /// leaves the map unchanged. One descent, O(log n). Invalidates [`EntryId`]s as
+    /// [`DmaMap::remove`] does.
     pub fn remove_exact(&mut self, range: IovaRange) -> Option<Mapping> {
         if range.first & LOW != 0 {
             return None;

@@ -14,8 +14,9 @@ pub const MAX_IOVA_RANGES: usize = 32;
 /// Sorted, disjoint list of valid inclusive ranges; empty means unrestricted.
 pub type IovaList = Vec<IovaRange, MAX_IOVA_RANGES>;
 
-/// The `index`-th reserved region of `group` that Type1 honours (relaxable ones are
-/// skipped, spec/02-type1.md §4.1).
+/// The reserved regions of `group` that Type1 honours, in the platform's order
+/// (spec/02-type1.md §4.1): relaxable direct regions and empty ones (`start > end`) are
+/// skipped.
 pub(crate) fn honoured_regions<I: Iommu>(
     iommu: &I,
     group: u32,
@@ -159,11 +160,7 @@ pub fn after_detach<I: Iommu>(
     let (Some(first), Some(last)) = (list.first(), list.last()) else {
         return;
     };
-    let (mut start, mut end) = (first.first, last.last);
-    if let Some((lo, hi)) = bounds {
-        start = lo;
-        end = hi;
-    }
+    let (start, end) = bounds.unwrap_or((first.first, last.last));
     if start > end {
         return;
     }

@@ -86,11 +86,13 @@ impl Default for Type1Config {
 pub struct MapDma {
     /// `READ` 0x1, `WRITE` 0x2, `VADDR` 0x4 (`uapi::dma_map_flags`).
     pub flags: u32,
-    /// Process virtual address of the first byte.
+    /// Process virtual address of the first byte (a multiple of [`Type1::pgsize`]; `vaddr +
+    /// size − 1` must not pass 2^64 − 1).
     pub vaddr: u64,
-    /// Device address of the first byte.
+    /// Device address of the first byte (a multiple of [`Type1::pgsize`]; the entry covers
+    /// `[iova, iova + size − 1]`, which must not pass 2^64 − 1).
     pub iova: u64,
-    /// Length in bytes.
+    /// Length in bytes: > 0, a multiple of [`Type1::pgsize`].
     pub size: u64,
 }
 
@@ -99,9 +101,10 @@ pub struct MapDma {
 pub struct UnmapDma {
     /// `GET_DIRTY_BITMAP` 0x1, `ALL` 0x2, `VADDR` 0x4 (`uapi::dma_unmap_flags`).
     pub flags: u32,
-    /// First IOVA of the range (0 with `ALL`).
+    /// First IOVA of the range, a multiple of [`Type1::pgsize`] (0 with `ALL`).
     pub iova: u64,
-    /// Length in bytes (0 with `ALL`).
+    /// Length in bytes: > 0 and a multiple of [`Type1::pgsize`], the range being `[iova,
+    /// iova + size − 1]` (0 with `ALL`, which means `[0, 2^64 − 1]`).
     pub size: u64,
 }
 
@@ -187,34 +190,47 @@ impl Type1 {
         }
     }
 
-    /// Answers `CHECK_EXTENSION` for this instance (spec/02-type1.md §2.2).
+    /// Answers `CHECK_EXTENSION` for this instance (spec/02-type1.md §2.2): 1 or 0. The
+    /// two instance-dependent answers are here (`DMA_CC_IOMMU`: every domain enforces
+    /// coherency; `UPDATE_VADDR`: no emulated group), the rest as
+    /// [`Type1::check_extension_static`] with the instance's era.
     pub fn check_extension(&self, arg: u32) -> u32 {
         match arg {
-            extension::TYPE1_IOMMU | extension::TYPE1V2_IOMMU | extension::UNMAP_ALL => 1,
             extension::DMA_CC_IOMMU => {
                 u32::from(self.domains.iter().all(|d| d.info.enforce_coherency))
             }
             extension::UPDATE_VADDR => u32::from(self.emulated.is_empty()),
-            extension::TYPE1_NESTING_IOMMU => {
-                u32::from(self.config.era.before(crate::Era::Linux7_3))
-            }
-            _ => 0,
+            _ => Self::check_extension_static(arg, self.config.era),
         }
     }
 
-    /// Whether the instance has v2 unmap semantics.
+    /// Whether the instance has v2 unmap semantics (opened as type 3 or 6, spec/02-type1.md
+    /// §2.1, §7.4): an UNMAP whose range bisects an entry fails `EINVAL` (v1 skips or
+    /// removes such an entry whole instead).
     pub fn is_v2(&self) -> bool {
         self.v2
     }
 
-    /// The supported page-size bitmap (bit n = 2^n bytes).
+    /// The supported IOVA page sizes, reported as `iova_pgsizes` by GET_INFO
+    /// (spec/02-type1.md §3): bit `n` set = 2^n bytes. With no domain, every power of two
+    /// from the host page size up; otherwise the AND of the domains' bitmaps with sizes
+    /// below the host page folded into it. 0 only when the domains share no page size.
     pub fn pgsize_bitmap(&self) -> u64 {
         self.pgsize_bitmap
     }
 
-    /// The minimum IOMMU page size in bytes (lowest bit of the bitmap).
+    /// The container's minimum IOMMU page size `pgsize` in bytes (the lowest set bit of
+    /// [`Type1::pgsize_bitmap`], spec/02-type1.md §3): MAP, UNMAP and dirty bitmaps must be
+    /// aligned to it. 0 only when the bitmap is 0.
     pub fn pgsize(&self) -> u64 {
         self.pgsize_bitmap & self.pgsize_bitmap.wrapping_neg()
+    }
+
+    /// `bytes` in pages of [`Type1::pgsize`], rounded down; `u64::MAX` when the pgsize is 0
+    /// (domains sharing no page size), so that no input divides by zero: the dirty-page
+    /// limit then refuses (`EINVAL`) and a bitmap report does not fit (`EFAULT`).
+    fn pages_of(&self, bytes: u64) -> u64 {
+        bytes.checked_div(self.pgsize()).unwrap_or(u64::MAX)
     }
 
     /// Whether exact accounting is on ([`Type1Config::exact_accounting`]).
@@ -252,17 +268,20 @@ impl Type1 {
         }
     }
 
-    /// How many more entries may be created.
+    /// How many more entries may be created (`dma_avail`, spec/02-type1.md §1.1): starts
+    /// at [`Type1Config::dma_entry_limit`], one less per MAP, one more per removed entry;
+    /// a MAP at 0 fails `ENOSPC` (§6.2 M9).
     pub fn dma_avail(&self) -> u32 {
         self.dma_avail
     }
 
-    /// Number of IOMMU domains.
+    /// Number of IOMMU domains (0 to [`MAX_DOMAINS`]; emulated groups have none).
     pub fn domain_count(&self) -> usize {
         self.domains.len()
     }
 
-    /// The domain `group` is attached to (`None` for emulated or unknown groups).
+    /// The domain `group` is attached to (spec/02-type1.md §5.1 step 11; `None` for
+    /// emulated or unknown groups).
     pub fn domain_of(&self, group: GroupId) -> Option<DomainId> {
         self.domains
             .iter()
@@ -270,7 +289,9 @@ impl Type1 {
             .map(|d| d.info.id)
     }
 
-    /// The valid IOVA list (empty = unrestricted).
+    /// The valid IOVA list (spec/02-type1.md §4): sorted, disjoint, inclusive byte ranges
+    /// `[first, last]`, at most [`MAX_IOVA_RANGES`]; empty = unrestricted (no IOMMU-backed
+    /// group yet).
     pub fn iova_list(&self) -> &IovaList {
         &self.iova_list
     }
@@ -439,14 +460,7 @@ impl Type1 {
                         entry.locked_pages = charged;
                         entry.iommu_mapped = true;
                         map.set(id, &entry).inspect_err(|_| {
-                            unmap_and_unpin(
-                                iommu,
-                                memory,
-                                &[new],
-                                (entry.iova, entry.size, page),
-                                runs.as_deref_mut(),
-                            );
-                            memory.charge(-to_i64(charged));
+                            unpin_entry(iommu, memory, &[new], &entry, page, runs.as_deref_mut());
                         })
                     }),
             };
@@ -575,11 +589,7 @@ impl Type1 {
         let mut invalid: u32 = 0;
         let mut runs = self.take_exact(map);
         map.drain(|entry| {
-            if entry.iommu_mapped {
-                let span = (entry.iova, entry.size, page);
-                unmap_and_unpin(iommu, memory, ids, span, runs.as_mut());
-            }
-            memory.charge(-to_i64(entry.locked_pages));
+            unpin_entry(iommu, memory, ids, entry, page, runs.as_mut());
             total = total.wrapping_add(entry.size);
             count = count.saturating_add(1);
             invalid = invalid.saturating_add(u32::from(entry.vaddr_invalid));
@@ -614,12 +624,8 @@ impl Type1 {
         entry: &Mapping,
         runs: Option<&mut ChargeRuns<'_>>,
     ) {
-        if entry.iommu_mapped {
-            let ids = self.domain_ids();
-            let span = (entry.iova, entry.size, memory.page_size());
-            unmap_and_unpin(iommu, memory, ids, span, runs);
-        }
-        memory.charge(-to_i64(entry.locked_pages));
+        let page = memory.page_size();
+        unpin_entry(iommu, memory, self.domain_ids(), entry, page, runs);
         if entry.vaddr_invalid {
             self.vaddr_invalid_count = self.vaddr_invalid_count.saturating_sub(1);
         }
@@ -681,9 +687,8 @@ impl Type1 {
         {
             return Err(Errno::EINVAL);
         }
-        if request.size == 0 {
-            return Err(Errno::EINVAL);
-        }
+        // M4 (size 0: `EINVAL`) and M5 (wrap) in one: `IovaRange::new` checks the size
+        // first.
         let range = self.user_range(request.iova, request.size)?;
         self.user_range(request.vaddr, request.size)?;
         let mut prot = Prot::empty();
@@ -736,7 +741,7 @@ impl Type1 {
             locked_pages: 0,
             dirty_all: false,
         };
-        if self.dirty_tracking && request.size / self.pgsize() > DIRTY_MAX_PAGES {
+        if self.dirty_tracking && self.pages_of(request.size) > DIRTY_MAX_PAGES {
             return Err(Errno::EINVAL);
         }
         let page = memory.page_size();
@@ -749,12 +754,8 @@ impl Type1 {
             entry.iommu_mapped = true;
         }
         if let Err(e) = map.insert_at(&vacancy, &entry) {
-            if entry.iommu_mapped {
-                let ids = self.domain_ids();
-                let span = (entry.iova, entry.size, page);
-                unmap_and_unpin(iommu, memory, ids, span, self.exact(map));
-                memory.charge(-to_i64(entry.locked_pages));
-            }
+            let runs = self.exact(map);
+            unpin_entry(iommu, memory, self.domain_ids(), &entry, page, runs);
             return Err(e);
         }
         self.dma_avail = self.dma_avail.saturating_sub(1);
@@ -931,11 +932,10 @@ impl Type1 {
     /// Sets the dirty bits of `entry` in `buffer` (bit k = page `start + k × pgsize`) and
     /// resets the entry's dirty state (spec/02-type1.md §10.3).
     fn report_dirty(&self, entry: &mut Mapping, start: u64, buffer: &mut [u8]) -> Result<()> {
-        let pgsize = self.pgsize();
         let iommu_dirty = entry.iommu_mapped && self.non_pinned_groups() > 0;
         if iommu_dirty || entry.dirty_all {
-            let first = entry.iova.saturating_sub(start) / pgsize;
-            let pages = entry.size / pgsize;
+            let first = self.pages_of(entry.iova.saturating_sub(start));
+            let pages = self.pages_of(entry.size);
             set_bits(buffer, first, pages)?;
         }
         entry.dirty_all = false;
@@ -947,7 +947,8 @@ impl Type1 {
         self.domains.iter().map(|d| d.groups.len()).sum()
     }
 
-    /// Whether dirty page tracking is on.
+    /// Whether dirty page tracking is on (`DIRTY_PAGES` `START` .. `STOP`,
+    /// spec/02-type1.md §10.2).
     pub fn dirty_tracking(&self) -> bool {
         self.dirty_tracking
     }
@@ -966,8 +967,7 @@ impl Type1 {
                 if self.dirty_tracking {
                     return Ok(());
                 }
-                let pgsize = self.pgsize();
-                if map.iter().any(|e| e.size / pgsize > DIRTY_MAX_PAGES) {
+                if map.iter().any(|e| self.pages_of(e.size) > DIRTY_MAX_PAGES) {
                     return Err(Errno::EINVAL);
                 }
                 map.update_all(|entry| entry.dirty_all = false)?;
@@ -1167,39 +1167,39 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                 .pin(entry.vaddr + done, entry.size - done, write)
                 .map_err(|e| e.errno())?;
             let len = run.len.min(entry.size - done);
-            if len == 0 || len % page != 0 {
-                memory.unpin(run.phys, run.len);
-                return Err(Errno::EFAULT);
-            }
-            if run.kind == MemoryKind::Ram {
-                let last = run.phys + (len - 1);
-                let pages = match runs.as_deref() {
-                    Some(r) => {
-                        let (fresh, slots) = r.preview(run.phys, last, page);
-                        if r.len() + slots > r.capacity() {
-                            memory.unpin(run.phys, len);
-                            return Err(Errno::ENOMEM);
-                        }
-                        fresh
-                    }
-                    None => len / page,
-                };
-                if !entry.lock_cap {
-                    if let Some(limit) = memory.lock_limit_pages() {
-                        if memory.locked_pages().saturating_add(pages) > limit {
-                            memory.unpin(run.phys, len);
-                            return Err(Errno::ENOMEM);
-                        }
-                    }
+            // A usable run is whole pages and does not wrap past physical 2^64 − 1.
+            let last = match len
+                .checked_sub(1)
+                .and_then(|extra| run.phys.checked_add(extra))
+            {
+                Some(last) if len % page == 0 => last,
+                _ => {
+                    memory.unpin(run.phys, run.len);
+                    return Err(Errno::EFAULT);
                 }
-                match runs.as_deref_mut() {
-                    Some(r) => {
-                        if let Err(e) = r.add(run.phys, last, page) {
-                            memory.unpin(run.phys, len);
-                            return Err(e);
-                        }
-                    }
-                    None => charged += pages,
+            };
+            if run.kind == MemoryKind::Ram {
+                // Exact mode: the pages no pin holds yet, and the run slots adding needs
+                // (one preview serves both the limit check and the add).
+                let (pages, slots) = match runs.as_deref() {
+                    Some(r) => r.preview(run.phys, last, page),
+                    None => (len / page, 0),
+                };
+                let over_limit = !entry.lock_cap
+                    && memory
+                        .lock_limit_pages()
+                        .is_some_and(|limit| memory.locked_pages().saturating_add(pages) > limit);
+                let added = match runs.as_deref_mut() {
+                    _ if over_limit => Err(Errno::ENOMEM),
+                    Some(r) => r.add_previewed(run.phys, last, slots),
+                    None => Ok(()),
+                };
+                if let Err(e) = added {
+                    memory.unpin(run.phys, len);
+                    return Err(e);
+                }
+                if runs.is_none() {
+                    charged += pages;
                 }
                 memory.charge(to_i64(pages));
             }
@@ -1214,19 +1214,13 @@ fn pin_and_map<I: Iommu, M: HostMemory>(
                     for &undo in &domains[..k] {
                         iommu.unmap(undo, entry.iova + done, len);
                     }
-                    if run.kind == MemoryKind::Ram {
-                        match runs.as_deref_mut() {
-                            Some(r) => unpin(memory, Some(r), run.phys, len, page),
-                            None => {
-                                memory.unpin(run.phys, len);
-                                let pages = len / page;
-                                memory.charge(-to_i64(pages));
-                                charged -= pages;
-                            }
-                        }
-                    } else {
-                        memory.unpin(run.phys, len);
-                    }
+                    // In kernel mode this run's pages stay in `charged`, which the
+                    // rollback below un-charges with the others.
+                    let ram_runs = match run.kind {
+                        MemoryKind::Ram => runs.as_deref_mut(),
+                        MemoryKind::Mmio => None,
+                    };
+                    unpin(memory, ram_runs, run.phys, len, page);
                     return Err(e.errno());
                 }
             }
@@ -1258,15 +1252,31 @@ fn unpin<M: HostMemory>(
 ) {
     memory.unpin(phys, len);
     if let Some(r) = runs {
-        let released = r.remove(phys, phys + (len - 1), page);
+        let released = r.remove(phys, phys.saturating_add(len.saturating_sub(1)), page);
         memory.charge(-to_i64(released));
     }
 }
 
-/// Unmaps `span = (iova, len, page)` from every domain and unpins the pages, finding them
-/// through the first domain's translations (spec/02-type1.md §12.2). With `runs` (exact
-/// accounting) the pages are also un-charged as their last reference goes; otherwise the
-/// caller un-charges the entry's `locked_pages`.
+/// Undoes what MAP did for `entry` (spec/02-type1.md §12.2): when it is IOMMU-mapped,
+/// unmaps it from every domain of `domains` and unpins its pages ([`unmap_and_unpin`]),
+/// then un-charges its `locked_pages` (0 in exact mode, where `runs` un-charges each host
+/// page as its last reference goes). Never fails.
+fn unpin_entry<I: Iommu, M: HostMemory>(
+    iommu: &mut I,
+    memory: &mut M,
+    domains: &[DomainId],
+    entry: &Mapping,
+    page: u64,
+    runs: Option<&mut ChargeRuns<'_>>,
+) {
+    if entry.iommu_mapped {
+        unmap_and_unpin(iommu, memory, domains, (entry.iova, entry.size, page), runs);
+    }
+    if entry.locked_pages != 0 {
+        memory.charge(-to_i64(entry.locked_pages));
+    }
+}
+
 /// Removes from `domain` the pages of every IOMMU-mapped entry starting below IOVA
 /// `stop`: unmaps, unpins and un-charges them, and marks the entries not IOMMU-mapped.
 /// The entries themselves stay (replay rollback, spec/02-type1.md §5.1 step 13; last
@@ -1283,20 +1293,17 @@ fn unmap_entries_from<I: Iommu, M: HostMemory>(
     // Only flags and counts change: `set` cannot fail.
     let _ = map.update_all(|entry| {
         if entry.iova < stop && entry.iommu_mapped {
-            unmap_and_unpin(
-                iommu,
-                memory,
-                &[domain],
-                (entry.iova, entry.size, page),
-                runs.as_deref_mut(),
-            );
-            memory.charge(-to_i64(entry.locked_pages));
+            unpin_entry(iommu, memory, &[domain], entry, page, runs.as_deref_mut());
             entry.locked_pages = 0;
             entry.iommu_mapped = false;
         }
     });
 }
 
+/// Unmaps `span = (iova, len, page)` from every domain and unpins the pages, finding them
+/// through the first domain's translations (spec/02-type1.md §12.2). With `runs` (exact
+/// accounting) the pages are also un-charged as their last reference goes; otherwise the
+/// caller un-charges the entry's `locked_pages`.
 fn unmap_and_unpin<I: Iommu, M: HostMemory>(
     iommu: &mut I,
     memory: &mut M,
@@ -1368,4 +1375,199 @@ fn copy_translations<I: Iommu>(
         offset += run;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errno::ErrorType;
+    use crate::platform::{GroupInfo, PinnedRun, ReservedRegion};
+
+    /// One domain per group (`ops` = the group), identity translations, and a domain whose
+    /// `map` fails on request.
+    #[derive(Debug, Default)]
+    struct TestIommu {
+        next: DomainId,
+        fail_map: Option<DomainId>,
+    }
+
+    impl ErrorType for TestIommu {
+        type Error = Errno;
+    }
+
+    impl Iommu for TestIommu {
+        fn group_info(&self, _group: GroupId) -> Option<GroupInfo> {
+            Some(GroupInfo {
+                emulated: false,
+                intr_remap: true,
+            })
+        }
+        fn group_viable(&self, _group: GroupId) -> bool {
+            true
+        }
+        fn claim_dma_owner(&mut self, _group: GroupId) -> Result<()> {
+            Ok(())
+        }
+        fn release_dma_owner(&mut self, _group: GroupId) {}
+        fn domain_alloc(&mut self, group: GroupId) -> Result<DomainInfo> {
+            self.next += 1;
+            Ok(DomainInfo {
+                id: self.next,
+                ops: group,
+                pgsize_bitmap: 0x1000,
+                aperture_start: 0,
+                aperture_end: u64::MAX,
+                enforce_coherency: true,
+            })
+        }
+        fn domain_free(&mut self, _domain: DomainId) {}
+        fn attach(&mut self, _domain: DomainId, _group: GroupId) -> Result<()> {
+            Ok(())
+        }
+        fn detach(&mut self, _domain: DomainId, _group: GroupId) {}
+        fn reserved_region(&self, _group: GroupId, _index: usize) -> Option<ReservedRegion> {
+            None
+        }
+        fn map(
+            &mut self,
+            domain: DomainId,
+            _iova: u64,
+            _phys: u64,
+            _len: u64,
+            _p: Prot,
+        ) -> Result<()> {
+            if self.fail_map == Some(domain) {
+                return Err(Errno::EIO);
+            }
+            Ok(())
+        }
+        fn unmap(&mut self, _domain: DomainId, _iova: u64, len: u64) -> u64 {
+            len
+        }
+        fn iova_to_phys(&self, _domain: DomainId, iova: u64) -> Option<u64> {
+            Some(iova)
+        }
+    }
+
+    /// Pins `phys = vaddr` (or `phys` when set), counting pinned bytes and charged pages.
+    #[derive(Debug, Default)]
+    struct TestMemory {
+        phys: Option<u64>,
+        pinned: i64,
+        locked: i64,
+    }
+
+    impl ErrorType for TestMemory {
+        type Error = Errno;
+    }
+
+    impl HostMemory for TestMemory {
+        fn page_size(&self) -> u64 {
+            0x1000
+        }
+        fn pin(&mut self, vaddr: u64, len: u64, _write: bool) -> Result<PinnedRun> {
+            self.pinned += len as i64;
+            Ok(PinnedRun {
+                phys: self.phys.unwrap_or(vaddr),
+                len,
+                kind: MemoryKind::Ram,
+            })
+        }
+        fn unpin(&mut self, _phys: u64, len: u64) {
+            self.pinned -= len as i64;
+        }
+        fn locked_pages(&self) -> u64 {
+            self.locked as u64
+        }
+        fn lock_limit_pages(&self) -> Option<u64> {
+            None
+        }
+        fn lock_cap(&self) -> bool {
+            false
+        }
+        fn charge(&mut self, pages: i64) {
+            self.locked += pages;
+        }
+    }
+
+    const MAP: MapDma = MapDma {
+        flags: dma_map_flags::READ | dma_map_flags::WRITE,
+        vaddr: 0x10_0000,
+        iova: 0x10_0000,
+        size: 0x2000,
+    };
+
+    /// A platform run whose last byte would wrap past physical 2^64 − 1 is refused with
+    /// `EFAULT`; nothing stays pinned, charged or recorded.
+    #[test]
+    fn wrapping_physical_run_is_refused() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
+        let mut type1 =
+            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 1)
+            .unwrap();
+        memory.phys = Some(u64::MAX - 0xfff);
+        let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &MAP);
+        assert_eq!(result, Err(Errno::EFAULT));
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0, 0, 0));
+        assert_eq!(type1.dma_avail(), DEFAULT_DMA_ENTRY_LIMIT);
+    }
+
+    /// A map failure in the second domain rolls back the first domain's mapping, the pin
+    /// and the kernel-mode charge.
+    #[test]
+    fn map_failure_in_a_later_domain_rolls_back() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
+        let mut type1 =
+            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 1)
+            .unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 2)
+            .unwrap();
+        assert_eq!(type1.domain_count(), 2);
+        // Domains are kept newest first: fail the one mapped second.
+        iommu.fail_map = Some(1);
+        let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &MAP);
+        assert_eq!(result, Err(Errno::EIO));
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0, 0, 0));
+        iommu.fail_map = None;
+        type1
+            .map_dma(&mut map, &mut iommu, &mut memory, &MAP)
+            .unwrap();
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0x2000, 2, 1));
+    }
+
+    /// A pgsize of 0 (domains sharing no page size) refuses instead of dividing by zero.
+    #[test]
+    fn zero_pgsize_never_divides_by_zero() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let entry = Mapping {
+            iova: 0x1000,
+            size: 0x2000,
+            ..Mapping::EMPTY
+        };
+        map.insert(entry).unwrap();
+        let mut type1 = Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0).unwrap();
+        assert_eq!(type1.pgsize(), 0);
+        assert_eq!(
+            type1.dirty_pages_control(&mut map, dirty_flags::START),
+            Err(Errno::EINVAL)
+        );
+        type1.dirty_tracking = true;
+        let mut dirty = entry;
+        dirty.dirty_all = true;
+        let mut buffer = [0u8; 8];
+        assert_eq!(
+            type1.report_dirty(&mut dirty, 0, &mut buffer),
+            Err(Errno::EFAULT)
+        );
+    }
 }
