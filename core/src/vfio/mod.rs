@@ -200,7 +200,7 @@ pub enum Registration {
     Gone,
 }
 
-/// Counters of one device, for tests and tools.
+/// Counters of one device, for tests and tools. The `*_calls` counters wrap at 2^32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceStats {
@@ -223,7 +223,9 @@ pub struct DeviceSlot<S> {
     name: String<DEVICE_NAME_MAX>,
     group: u16,
     stats: DeviceStats,
-    next_request_ms: u64,
+    /// When the next `request` call falls due on the registry clock, in milliseconds
+    /// (`None`: never, i.e. past `u64::MAX`).
+    next_request_ms: Option<u64>,
 }
 
 impl<S> DeviceSlot<S> {
@@ -241,7 +243,7 @@ impl<S> DeviceSlot<S> {
                 close_calls: 0,
                 request_calls: 0,
             },
-            next_request_ms: 0,
+            next_request_ms: None,
         }
     }
 }
@@ -884,7 +886,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             device.stats.open_count -= 1;
             return Err(Errno::EINVAL);
         }
-        device.stats.open_calls += 1;
+        device.stats.open_calls = device.stats.open_calls.wrapping_add(1);
         let result = match device.state.as_mut() {
             Some(state) => self.driver.open_device(state),
             None => Err(Errno::ENODEV),
@@ -902,7 +904,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         let device = &mut self.devices[d];
         device.stats.open_count = device.stats.open_count.saturating_sub(1);
         if device.stats.open_count == 0 {
-            device.stats.close_calls += 1;
+            device.stats.close_calls = device.stats.close_calls.wrapping_add(1);
             if let Some(state) = device.state.as_mut() {
                 self.driver.close_device(state);
             }
@@ -1071,17 +1073,18 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             self.finish_unregister(d);
             return Ok(true);
         }
-        self.send_request(d);
-        self.devices[d].next_request_ms = self.now_ms.saturating_add(REQUEST_INTERVAL_MS);
+        Self::send_request(&mut self.driver, &mut self.devices[d]);
+        self.devices[d].next_request_ms = self.now_ms.checked_add(REQUEST_INTERVAL_MS);
         Ok(false)
     }
 
-    fn send_request(&mut self, d: usize) {
-        let device = &mut self.devices[d];
+    /// Calls `request(count)` on `device`; `count` wraps at 2^32 like the kernel's
+    /// `unsigned int`.
+    fn send_request(driver: &mut D, device: &mut DeviceSlot<D::State>) {
         let count = device.stats.request_calls;
-        device.stats.request_calls += 1;
+        device.stats.request_calls = count.wrapping_add(1);
         if let Some(state) = device.state.as_mut() {
-            self.driver.request(state, count);
+            driver.request(state, count);
         }
     }
 
@@ -1103,16 +1106,21 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     }
 
     /// Advances the registry clock by `ms` milliseconds, calling `request` on devices being
-    /// unregistered every [`REQUEST_INTERVAL_MS`].
+    /// unregistered every [`REQUEST_INTERVAL_MS`] (spec/01-core.md §6.3: at t = 0, 10 s,
+    /// 20 s, … after unregistration started), once per interval that elapses.
+    ///
+    /// The clock saturates at `u64::MAX` ms; a request that would fall due after that
+    /// instant never does (a saturated clock must not call `request` without end).
     pub fn advance_time(&mut self, ms: u64) {
         self.now_ms = self.now_ms.saturating_add(ms);
-        for d in 0..self.devices.len() {
-            while self.devices[d].registration == Registration::Unregistering
-                && self.devices[d].next_request_ms <= self.now_ms
+        for device in self.devices.iter_mut() {
+            while device.registration == Registration::Unregistering
+                && device.next_request_ms.is_some_and(|due| due <= self.now_ms)
             {
-                self.send_request(d);
-                let device = &mut self.devices[d];
-                device.next_request_ms = device.next_request_ms.saturating_add(REQUEST_INTERVAL_MS);
+                Self::send_request(&mut self.driver, device);
+                device.next_request_ms = device
+                    .next_request_ms
+                    .and_then(|due| due.checked_add(REQUEST_INTERVAL_MS));
             }
         }
     }
