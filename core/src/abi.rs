@@ -111,20 +111,38 @@ fn device_counts<D: BusDriver>(
     driver.device_info(state, &mut CapChain::new(&mut scratch))
 }
 
-/// The `vfio_bitmap` checks shared by UNMAP and DIRTY_PAGES (spec/02-type1.md §7.2 U4):
-/// the bitmap bytes must follow the 48-byte structure inside a buffer of `buffer_len`
-/// bytes, and hold one bit per `bitmap.pgsize` page of `size` bytes.
-fn check_bitmap(buffer_len: usize, size: u64, bitmap: &uapi::Bitmap) -> Result<()> {
-    let available = buffer_len.saturating_sub(48) as u64;
-    if bitmap.size > available || bitmap.pgsize == 0 {
-        return Err(Errno::EINVAL);
-    }
+/// Offset of the bitmap bytes in an UNMAP or DIRTY_PAGES buffer: after the 24-byte
+/// structure (`vfio_iommu_type1_dma_unmap`, or the DIRTY_PAGES header and range) and the
+/// 24-byte `vfio_bitmap`.
+const BITMAP_DATA: usize = 48;
+
+/// Reads the 24-byte `vfio_bitmap` at offset 24 of `buf` (`EFAULT` if `buf` is shorter).
+fn read_bitmap(buf: &[u8]) -> Result<uapi::Bitmap> {
+    read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)
+}
+
+/// The `vfio_bitmap` checks shared by UNMAP and DIRTY_PAGES (spec/02-type1.md §7.2 U4,
+/// §10.2 P6), then the bitmap bytes themselves: `bitmap.size` bytes at offset
+/// [`BITMAP_DATA`] of `buf`, one bit per `bitmap.pgsize`-byte page of a `size`-byte range.
+///
+/// # Errors
+/// `EINVAL` when the bitmap bytes do not fit in `buf` (the kernel's inaccessible user
+/// buffer), `pgsize` is 0, the range has no page, or `bitmap.size` is 0, above 2^28 or
+/// short of one bit per page in whole 64-bit words.
+fn bitmap_bits<'b>(buf: &'b mut [u8], size: u64, bitmap: &uapi::Bitmap) -> Result<&'b mut [u8]> {
+    let available = buf.len().saturating_sub(BITMAP_DATA);
+    let len = match usize::try_from(bitmap.size) {
+        Ok(len) if len <= available && bitmap.pgsize != 0 => len,
+        _ => return Err(Errno::EINVAL),
+    };
     let npages = size >> bitmap.pgsize.trailing_zeros();
     let words = npages.div_ceil(64);
     if npages == 0 || bitmap.size == 0 || bitmap.size > 1 << 28 || bitmap.size < 8 * words {
         return Err(Errno::EINVAL);
     }
-    Ok(())
+    // len ≤ buf.len() − BITMAP_DATA: the end cannot overflow and is in bounds.
+    buf.get_mut(BITMAP_DATA..BITMAP_DATA + len)
+        .ok_or(Errno::EINVAL)
 }
 
 impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
@@ -212,24 +230,19 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         if unmap.argsz < 24 || unmap.flags & !known != 0 {
             return Err(Errno::EINVAL);
         }
-        if unmap.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
-            if unmap.flags & (dma_unmap_flags::ALL | dma_unmap_flags::VADDR) != 0
-                || unmap.argsz < 48
-            {
-                return Err(Errno::EINVAL);
-            }
-            let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
-            check_bitmap(buf.len(), unmap.size, &bitmap)?;
-        }
         let request = UnmapDma {
             flags: unmap.flags,
             iova: unmap.iova,
             size: unmap.size,
         };
         let total = if unmap.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
-            let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
-            let end = 48 + bitmap.size as usize;
-            let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;
+            if unmap.flags & (dma_unmap_flags::ALL | dma_unmap_flags::VADDR) != 0
+                || unmap.argsz < 48
+            {
+                return Err(Errno::EINVAL);
+            }
+            let bitmap = read_bitmap(buf)?;
+            let bits = bitmap_bits(buf, unmap.size, &bitmap)?;
             self.unmap_dma_dirty(fd, &request, bitmap.pgsize, bits)?
         } else {
             self.unmap_dma(fd, &request)?
@@ -258,19 +271,14 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             return Err(Errno::EINVAL);
         }
         let range: uapi::DmaUnmap = read_prefix(buf, 24)?;
-        if buf.len() < 48 {
-            return Err(Errno::EFAULT);
-        }
-        let bitmap: uapi::Bitmap = read_prefix(&buf[24..], 24)?;
+        let bitmap = read_bitmap(buf)?;
         if range.size == 0 {
             return Err(Errno::EINVAL);
         }
         self.type1(fd)?
             .ok_or(Errno::EINVAL)?
             .check_bitmap_range(range.iova, range.size)?;
-        check_bitmap(buf.len(), range.size, &bitmap)?;
-        let end = 48 + bitmap.size as usize;
-        let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;
+        let bits = bitmap_bits(buf, range.size, &bitmap)?;
         self.dirty_bitmap(fd, range.iova, range.size, bitmap.pgsize, bits)
             .map(|()| 0)
     }
