@@ -60,6 +60,49 @@ fn read_prefix<T: FromBytes + IntoBytes>(buf: &[u8], minsz: usize) -> Result<T> 
     Ok(value)
 }
 
+/// A `#[repr(C)]` argument structure whose first field is `u32 argsz`.
+trait Args: FromBytes + IntoBytes {
+    /// The caller's `argsz`.
+    fn argsz(&self) -> u32;
+}
+
+macro_rules! impl_args {
+    ($($t:ty),* $(,)?) => {
+        $(impl Args for $t {
+            fn argsz(&self) -> u32 {
+                self.argsz
+            }
+        })*
+    };
+}
+
+impl_args!(
+    uapi::GroupStatus,
+    uapi::DeviceInfo,
+    uapi::RegionInfo,
+    uapi::Type1Info,
+    uapi::DmaMap,
+);
+
+/// The `minsz` convention of spec/01-core.md §3.1: reads the first `minsz` bytes of `buf`
+/// into a zeroed `T`, then refuses an `argsz` below `minsz`.
+///
+/// # Errors
+/// `EFAULT` when `buf` is shorter than `minsz` bytes; then `EINVAL` when `argsz < minsz`.
+fn read_args<T: Args>(buf: &[u8], minsz: u32) -> Result<T> {
+    let value: T = read_prefix(buf, usize::try_from(minsz).map_err(|_| Errno::EFAULT)?)?;
+    if value.argsz() < minsz {
+        return Err(Errno::EINVAL);
+    }
+    Ok(value)
+}
+
+/// How many bytes of an info structure of `size` bytes go back to a caller whose buffer
+/// is `argsz` bytes: `min(argsz, size)` (spec/01-core.md §3.2 step 4).
+fn write_back_len(argsz: u32, size: usize) -> usize {
+    usize::try_from(argsz).map_or(size, |argsz| argsz.min(size))
+}
+
 /// Writes the first `n` bytes of `value` into `buf` (`EFAULT` if `buf` is shorter).
 fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
     buf: &mut [u8],
@@ -75,31 +118,44 @@ fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
 }
 
 /// Applies the capability-chain protocol of spec/01-core.md §3.2 for a fixed structure of
-/// `fixed` bytes. Returns `(caps_present, argsz, cap_offset)` to store in the structure.
+/// `fixed` bytes: with room for `fixed + chain.len()` bytes in the caller's `argsz`, the
+/// chain is copied to offset `fixed` of `buf` with every `next` shifted by `fixed`;
+/// without room, nothing is copied and the needed size is reported. Returns
+/// `(caps_present, argsz, cap_offset)` to store in the structure.
+///
+/// # Errors
+/// `EFAULT` when `argsz` claims room that `buf` does not have; `ENOMEM` for a chain whose
+/// size does not fit a `u32` (never with the [`CAP_SCRATCH`]-byte scratch).
 fn place_caps(buf: &mut [u8], fixed: usize, argsz: u32, chain: &[u8]) -> Result<(bool, u32, u32)> {
     if chain.is_empty() {
         return Ok((false, argsz, 0));
     }
-    let needed = fixed + chain.len();
-    if (argsz as usize) < needed {
-        return Ok((true, needed as u32, 0));
+    let end = fixed.checked_add(chain.len()).ok_or(Errno::ENOMEM)?;
+    let needed = u32::try_from(end).map_err(|_| Errno::ENOMEM)?;
+    if argsz < needed {
+        return Ok((true, needed, 0));
     }
-    let dest = buf.get_mut(fixed..needed).ok_or(Errno::EFAULT)?;
+    // fixed ≤ end, which fits a u32.
+    let shift = u32::try_from(fixed).map_err(|_| Errno::ENOMEM)?;
+    let dest = buf.get_mut(fixed..end).ok_or(Errno::EFAULT)?;
     dest.copy_from_slice(chain);
-    // Shift every non-zero `next` by `fixed`.
+    // Shift every non-zero `next` by `fixed`; stop at the last capability or at a link
+    // that does not move forward.
     let mut at = 0usize;
-    while let Some(next_bytes) = dest.get_mut(at + 4..at + 8) {
-        let next = u32::from_le_bytes([next_bytes[0], next_bytes[1], next_bytes[2], next_bytes[3]]);
-        if next == 0 {
+    while let Some(field) = dest.get_mut(at..).and_then(|cap| cap.get_mut(4..8)) {
+        let mut next = [0u8; 4];
+        next.copy_from_slice(field);
+        let next = u32::from_le_bytes(next);
+        let Some(shifted) = next.checked_add(shift).filter(|_| next != 0) else {
             break;
+        };
+        field.copy_from_slice(&shifted.to_le_bytes());
+        match usize::try_from(next) {
+            Ok(next) if next > at => at = next,
+            _ => break,
         }
-        next_bytes.copy_from_slice(&(next + fixed as u32).to_le_bytes());
-        if next as usize <= at {
-            break;
-        }
-        at = next as usize;
     }
-    Ok((true, argsz, fixed as u32))
+    Ok((true, argsz, shift))
 }
 
 /// The device's region and IRQ counts (its GET_INFO without capabilities).
@@ -182,10 +238,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         match request {
             ioctl::IOMMU_GET_INFO => self.type1_get_info(fd, buf),
             ioctl::IOMMU_MAP_DMA => {
-                let map: uapi::DmaMap = read_prefix(buf, 32)?;
-                if map.argsz < 32 {
-                    return Err(Errno::EINVAL);
-                }
+                let map: uapi::DmaMap = read_args(buf, 32)?;
                 let request = MapDma {
                     flags: map.flags,
                     vaddr: map.vaddr,
@@ -201,10 +254,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     }
 
     fn type1_get_info(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
-        let mut info: uapi::Type1Info = read_prefix(buf, 16)?;
-        if info.argsz < 16 {
-            return Err(Errno::EINVAL);
-        }
+        let mut info: uapi::Type1Info = read_args(buf, 16)?;
         let mut scratch = [0u8; CAP_SCRATCH];
         let backend = self.type1(fd)?.ok_or(Errno::EINVAL)?;
         let (flags, pgsizes, len) = backend.info(&mut scratch)?;
@@ -215,7 +265,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         let chain = scratch.get(..len).ok_or(Errno::ENOMEM)?;
         // Write back min(caller's argsz, 24) bytes: a caller with argsz < 24 made no room
         // for cap_offset/pad (spec/01-core.md §3.2 step 4, spec/02-type1.md §9.3).
-        let n = (info.argsz as usize).min(24);
+        let n = write_back_len(info.argsz, 24);
         let (_, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain)?;
         info.argsz = argsz;
         info.cap_offset = cap_offset;
@@ -286,10 +336,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     fn group_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
         match request {
             ioctl::GROUP_GET_STATUS => {
-                let mut status: uapi::GroupStatus = read_prefix(buf, 8)?;
-                if status.argsz < 8 {
-                    return Err(Errno::EINVAL);
-                }
+                let mut status: uapi::GroupStatus = read_args(buf, 8)?;
                 status.flags = self.group_status(fd)?;
                 write_prefix(buf, &status, 8)?;
                 Ok(0)
@@ -310,10 +357,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     fn device_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
         match request {
             ioctl::DEVICE_GET_INFO => {
-                let mut info: uapi::DeviceInfo = read_prefix(buf, 16)?;
-                if info.argsz < 16 {
-                    return Err(Errno::EINVAL);
-                }
+                let mut info: uapi::DeviceInfo = read_args(buf, 16)?;
                 let mut scratch = [0u8; CAP_SCRATCH];
                 let mut chain = CapChain::new(&mut scratch);
                 let typed =
@@ -324,7 +368,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 info.cap_offset = 0;
                 info.pad = 0;
                 // min(caller's argsz, 24) bytes go back (spec/01-core.md §3.2 step 4).
-                let n = (info.argsz as usize).min(24);
+                let n = write_back_len(info.argsz, 24);
                 let (caps, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain.as_bytes())?;
                 if caps {
                     info.flags |= uapi::device_flags::CAPS;
@@ -335,10 +379,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 Ok(0)
             }
             ioctl::DEVICE_GET_REGION_INFO => {
-                let mut info: uapi::RegionInfo = read_prefix(buf, 32)?;
-                if info.argsz < 32 {
-                    return Err(Errno::EINVAL);
-                }
+                let mut info: uapi::RegionInfo = read_args(buf, 32)?;
                 let mut scratch = [0u8; CAP_SCRATCH];
                 let mut chain = CapChain::new(&mut scratch);
                 let index = info.index;
