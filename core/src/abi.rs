@@ -19,7 +19,7 @@ use crate::errno::{Errno, Result};
 use crate::platform::{HostMemory, Iommu};
 use crate::type1::{dirty_flags, MapDma, UnmapDma};
 use crate::uapi::{self, dma_unmap_flags, ioctl};
-use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileKind, IrqSetRequest, Vfio};
+use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileObject, IrqSetRequest, Vfio};
 
 /// Scratch space for one capability chain, in bytes.
 const CAP_SCRATCH: usize = 1024;
@@ -211,10 +211,12 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     /// same input (spec/01-core.md §7, spec/02-type1.md §14), `EFAULT` when the buffer is
     /// shorter than a step must read or write.
     pub fn ioctl(&mut self, fd: Fd, request: u32, mut arg: Arg<'_>) -> Result<i64> {
-        match self.file_kind(fd)? {
-            FileKind::Container => self.container_ioctl(fd, request, &mut arg),
-            FileKind::Group => self.group_ioctl(fd, request, arg.buffer()),
-            FileKind::Device => self.device_ioctl(fd, request, arg.buffer()),
+        match self.file(fd)? {
+            FileObject::Container(_) => self.container_ioctl(fd, request, &mut arg),
+            FileObject::Group(_) => self.group_ioctl(fd, request, arg.buffer()),
+            // The device path resolves `fd` once, here (it is the hot one).
+            FileObject::Device(d) => self.device_ioctl(usize::from(d), request, arg.buffer()),
+            FileObject::Free => Err(Errno::EBADF),
         }
     }
 
@@ -354,14 +356,15 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         }
     }
 
-    fn device_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
+    /// The device-file ioctls of spec/01-core.md §7.3 on device slot `d`.
+    fn device_ioctl(&mut self, d: usize, request: u32, buf: &mut [u8]) -> Result<i64> {
         match request {
             ioctl::DEVICE_GET_INFO => {
                 let mut info: uapi::DeviceInfo = read_args(buf, 16)?;
                 let mut scratch = [0u8; CAP_SCRATCH];
                 let mut chain = CapChain::new(&mut scratch);
-                let typed =
-                    self.with_device(fd, |driver, state| driver.device_info(state, &mut chain))?;
+                let typed = self
+                    .with_device_slot(d, |driver, state| driver.device_info(state, &mut chain))?;
                 info.flags = typed.flags;
                 info.num_regions = typed.num_regions;
                 info.num_irqs = typed.num_irqs;
@@ -383,7 +386,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 let mut scratch = [0u8; CAP_SCRATCH];
                 let mut chain = CapChain::new(&mut scratch);
                 let index = info.index;
-                let typed = self.with_device(fd, |driver, state| {
+                let typed = self.with_device_slot(d, |driver, state| {
                     let device = device_counts(driver, state)?;
                     if index >= device.num_regions {
                         return Err(Errno::EINVAL);
@@ -406,7 +409,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 let mut info: uapi::IrqInfo = read_prefix(buf, 16)?;
                 let index = info.index;
                 let argsz = info.argsz;
-                let typed = self.with_device(fd, |driver, state| {
+                let typed = self.with_device_slot(d, |driver, state| {
                     let device = device_counts(driver, state)?;
                     if argsz < 16 || index >= device.num_irqs {
                         return Err(Errno::EINVAL);
@@ -421,7 +424,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             ioctl::DEVICE_SET_IRQS => {
                 let header: uapi::IrqSet = read_prefix(buf, 20)?;
                 let buf_ro: &[u8] = buf;
-                self.with_device(fd, |driver, state| {
+                self.with_device_slot(d, |driver, state| {
                     let device = device_counts(driver, state)?;
                     let num = if header.index < device.num_irqs {
                         driver.irq_info(state, header.index).map_or(0, |i| i.count)
@@ -444,12 +447,12 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 })
             }
             ioctl::DEVICE_RESET => {
-                self.with_device(fd, |driver, state| driver.reset(state).map(|()| 0))
+                self.with_device_slot(d, |driver, state| driver.reset(state).map(|()| 0))
             }
-            ioctl::DEVICE_FEATURE => self.with_device(fd, |driver, state| {
+            ioctl::DEVICE_FEATURE => self.with_device_slot(d, |driver, state| {
                 crate::vfio::device_feature(driver, state, buf)
             }),
-            _ => self.device_ioctl_with_fds(fd, request, buf),
+            _ => self.device_slot_ioctl_with_fds(d, request, buf),
         }
     }
 

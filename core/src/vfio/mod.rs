@@ -88,8 +88,9 @@ pub enum FileKind {
     Device,
 }
 
+/// What an open file slot holds: the object's slot index in its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileObject {
+pub(crate) enum FileObject {
     Free,
     Container(u16),
     Group(u16),
@@ -413,7 +414,11 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         Ok(Fd::new(index, slot.generation))
     }
 
-    fn file(&self, fd: Fd) -> Result<FileObject> {
+    /// The object behind `fd` (never `Free`): the one handle lookup of every operation.
+    ///
+    /// # Errors
+    /// `EBADF` for a negative, closed, stale or never-issued handle.
+    pub(crate) fn file(&self, fd: Fd) -> Result<FileObject> {
         let (slot, generation) = fd.split().ok_or(Errno::EBADF)?;
         let file = self.files.get(slot).ok_or(Errno::EBADF)?;
         if file.generation != generation || file.object == FileObject::Free {
@@ -931,6 +936,16 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         f: impl FnOnce(&mut D, &mut D::State) -> Result<R>,
     ) -> Result<R> {
         let d = self.device_of(fd)?;
+        self.with_device_slot(d, f)
+    }
+
+    /// [`Vfio::with_device`] for device slot `d` of an already resolved device file
+    /// (`ENODEV` once its state is gone).
+    pub(crate) fn with_device_slot<R>(
+        &mut self,
+        d: usize,
+        f: impl FnOnce(&mut D, &mut D::State) -> Result<R>,
+    ) -> Result<R> {
         let state = self.devices[d].state.as_mut().ok_or(Errno::ENODEV)?;
         f(&mut self.driver, state)
     }
@@ -943,6 +958,17 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// `EBADF`; `EBADFD` when `fd` is not a device file; the bus driver's errors.
     pub fn device_ioctl_with_fds(&mut self, fd: Fd, request: u32, arg: &mut [u8]) -> Result<i64> {
         let d = self.device_of(fd)?;
+        self.device_slot_ioctl_with_fds(d, request, arg)
+    }
+
+    /// [`Vfio::device_ioctl_with_fds`] for device slot `d` of an already resolved device
+    /// file.
+    pub(crate) fn device_slot_ioctl_with_fds(
+        &mut self,
+        d: usize,
+        request: u32,
+        arg: &mut [u8],
+    ) -> Result<i64> {
         let view = FileView {
             files: self.files,
             groups: self.groups,
