@@ -212,7 +212,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     /// shorter than a step must read or write.
     pub fn ioctl(&mut self, fd: Fd, request: u32, mut arg: Arg<'_>) -> Result<i64> {
         match self.file(fd)? {
-            FileObject::Container(_) => self.container_ioctl(fd, request, &mut arg),
+            FileObject::Container(c) => self.container_ioctl(fd, usize::from(c), request, &mut arg),
             FileObject::Group(_) => self.group_ioctl(fd, request, arg.buffer()),
             // The device path resolves `fd` once, here (it is the hot one).
             FileObject::Device(d) => self.device_ioctl(usize::from(d), request, arg.buffer()),
@@ -220,7 +220,15 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         }
     }
 
-    fn container_ioctl(&mut self, fd: Fd, request: u32, arg: &mut Arg<'_>) -> Result<i64> {
+    /// The container ioctls of spec/01-core.md §7.1 on container file `fd` (slot `c`),
+    /// then the Type1 ones of spec/02-type1.md §6–§10.
+    fn container_ioctl(
+        &mut self,
+        fd: Fd,
+        c: usize,
+        request: u32,
+        arg: &mut Arg<'_>,
+    ) -> Result<i64> {
         match request {
             ioctl::GET_API_VERSION => return Ok(i64::from(uapi::VFIO_API_VERSION)),
             ioctl::CHECK_EXTENSION => {
@@ -233,12 +241,11 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             }
             _ => {}
         }
-        if self.type1(fd)?.is_none() {
-            return Err(Errno::EINVAL);
-        }
+        // Without a backend every other request is EINVAL (spec/01-core.md §5.4).
+        self.container_backend(c)?;
         let buf = arg.buffer();
         match request {
-            ioctl::IOMMU_GET_INFO => self.type1_get_info(fd, buf),
+            ioctl::IOMMU_GET_INFO => self.type1_get_info(c, buf),
             ioctl::IOMMU_MAP_DMA => {
                 let map: uapi::DmaMap = read_args(buf, 32)?;
                 let request = MapDma {
@@ -247,18 +254,20 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                     iova: map.iova,
                     size: map.size,
                 };
-                self.map_dma(fd, &request).map(|()| 0)
+                let (backend, map, iommu, memory) = self.container_backend(c)?;
+                backend.map_dma(map, iommu, memory, &request).map(|()| 0)
             }
-            ioctl::IOMMU_UNMAP_DMA => self.type1_unmap(fd, buf),
-            ioctl::IOMMU_DIRTY_PAGES => self.type1_dirty_pages(fd, buf),
+            ioctl::IOMMU_UNMAP_DMA => self.type1_unmap(c, buf),
+            ioctl::IOMMU_DIRTY_PAGES => self.type1_dirty_pages(c, buf),
             _ => Err(Errno::ENOTTY),
         }
     }
 
-    fn type1_get_info(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
+    /// `VFIO_IOMMU_GET_INFO` (spec/02-type1.md §9) on container slot `c`.
+    fn type1_get_info(&mut self, c: usize, buf: &mut [u8]) -> Result<i64> {
         let mut info: uapi::Type1Info = read_args(buf, 16)?;
         let mut scratch = [0u8; CAP_SCRATCH];
-        let backend = self.type1(fd)?.ok_or(Errno::EINVAL)?;
+        let (backend, ..) = self.container_backend(c)?;
         let (flags, pgsizes, len) = backend.info(&mut scratch)?;
         info.flags = flags;
         info.iova_pgsizes = pgsizes;
@@ -275,7 +284,9 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         Ok(0)
     }
 
-    fn type1_unmap(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
+    /// `VFIO_IOMMU_UNMAP_DMA` (spec/02-type1.md §7) on container slot `c`; the bitmap
+    /// bytes of `GET_DIRTY_BITMAP` follow the 48-byte structure.
+    fn type1_unmap(&mut self, c: usize, buf: &mut [u8]) -> Result<i64> {
         let mut unmap: uapi::DmaUnmap = read_prefix(buf, 24)?;
         let known =
             dma_unmap_flags::GET_DIRTY_BITMAP | dma_unmap_flags::ALL | dma_unmap_flags::VADDR;
@@ -295,19 +306,22 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             }
             let bitmap = read_bitmap(buf)?;
             let bits = bitmap_bits(buf, unmap.size, &bitmap)?;
-            self.unmap_dma_dirty(fd, &request, bitmap.pgsize, bits)?
+            let (backend, map, iommu, memory) = self.container_backend(c)?;
+            backend.unmap_dma(map, iommu, memory, &request, Some((bitmap.pgsize, bits)))?
         } else {
-            self.unmap_dma(fd, &request)?
+            let (backend, map, iommu, memory) = self.container_backend(c)?;
+            backend.unmap_dma(map, iommu, memory, &request, None)?
         };
         unmap.size = total;
         write_prefix(buf, &unmap, 24)?;
         Ok(0)
     }
 
-    /// `VFIO_IOMMU_DIRTY_PAGES` (spec/02-type1.md §10.2); the bitmap bytes of `GET_BITMAP`
-    /// follow the 48-byte structure.
-    fn type1_dirty_pages(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
-        if !self.type1(fd)?.is_some_and(crate::type1::Type1::is_v2) {
+    /// `VFIO_IOMMU_DIRTY_PAGES` (spec/02-type1.md §10.2) on container slot `c`; the bitmap
+    /// bytes of `GET_BITMAP` follow the 48-byte structure.
+    fn type1_dirty_pages(&mut self, c: usize, buf: &mut [u8]) -> Result<i64> {
+        let (backend, map, ..) = self.container_backend(c)?;
+        if !backend.is_v2() {
             return Err(Errno::EACCES);
         }
         let head: uapi::GroupStatus = read_prefix(buf, 8)?;
@@ -317,7 +331,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             return Err(Errno::EINVAL);
         }
         if flags != dirty_flags::GET_BITMAP {
-            return self.dirty_pages_control(fd, flags).map(|()| 0);
+            return backend.dirty_pages_control(map, flags).map(|()| 0);
         }
         if argsz - 8 < 40 {
             return Err(Errno::EINVAL);
@@ -327,11 +341,10 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         if range.size == 0 {
             return Err(Errno::EINVAL);
         }
-        self.type1(fd)?
-            .ok_or(Errno::EINVAL)?
-            .check_bitmap_range(range.iova, range.size)?;
+        backend.check_bitmap_range(range.iova, range.size)?;
         let bits = bitmap_bits(buf, range.size, &bitmap)?;
-        self.dirty_bitmap(fd, range.iova, range.size, bitmap.pgsize, bits)
+        backend
+            .dirty_bitmap(map, range.iova, range.size, bitmap.pgsize, bits)
             .map(|()| 0)
     }
 

@@ -616,6 +616,18 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
 
     fn backend_parts(&mut self, fd: Fd) -> Result<(&mut Type1, &mut DmaMap<'s>, &mut I, &mut M)> {
         let c = self.container_of(fd)?;
+        self.container_backend(c)
+    }
+
+    /// The Type1 instance of container slot `c` (of an already resolved container file),
+    /// with its DMA map and the platform.
+    ///
+    /// # Errors
+    /// `EINVAL` while the container has no backend (spec/01-core.md §5.4).
+    pub(crate) fn container_backend(
+        &mut self,
+        c: usize,
+    ) -> Result<(&mut Type1, &mut DmaMap<'s>, &mut I, &mut M)> {
         let container = &mut self.containers[c];
         let backend = container.backend.as_mut().ok_or(Errno::EINVAL)?;
         Ok((
