@@ -241,7 +241,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             }
             _ => {}
         }
-        // Without a backend every other request is EINVAL (spec/01-core.md §5.4).
+        // Without a backend every other request is EINVAL (spec/01-core.md §7.1.4).
         self.container_backend(c)?;
         let buf = arg.buffer();
         match request {

@@ -38,6 +38,14 @@ pub const REQUEST_INTERVAL_MS: u64 = 10_000;
 const SLOT_BITS: u32 = 12;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 const GENERATION_MAX: u32 = (1 << (31 - SLOT_BITS)) - 1;
+/// Container, group and device slots are named by `u16` indexes: at most 65536 of each.
+const TABLE_MAX: usize = 1 << 16;
+
+/// The first `max` slots of `slots` (all of them when there are fewer).
+fn clamp<T>(slots: &mut [T], max: usize) -> &mut [T] {
+    let len = slots.len().min(max);
+    &mut slots[..len]
+}
 
 /// A file handle: container, group or device file (the analogue of a Linux fd).
 ///
@@ -257,7 +265,9 @@ impl<S> Default for DeviceSlot<S> {
 
 /// The embedder's storage for a [`Vfio`]: the capacities are the slice lengths.
 ///
-/// File handles encode the slot in 12 bits, so at most 4096 file slots are used.
+/// File handles encode the slot in 12 bits, so at most 4096 file slots are used; objects
+/// are indexed by `u16`, so at most 65536 container, group and device slots are used.
+/// Slots beyond those limits are ignored.
 #[derive(Debug)]
 pub struct Storage<'s, S> {
     /// Open files (containers, groups, device files).
@@ -343,6 +353,9 @@ fn bump(generation: u32) -> u32 {
 
 impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// A registry over the platform's IOMMU and host memory, with bus driver `driver`.
+    ///
+    /// Uses at most the first 4096 file slots and the first 65536 container, group and
+    /// device slots of `storage` (see [`Storage`]); the clock starts at 0 ms.
     pub fn new(
         iommu: I,
         memory: M,
@@ -350,17 +363,15 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         storage: Storage<'s, D::State>,
         config: Config,
     ) -> Self {
-        let files = storage.files;
-        let limit = files.len().min(1 << SLOT_BITS);
         Vfio {
             iommu,
             memory,
             driver,
             config,
-            files: &mut files[..limit],
-            containers: storage.containers,
-            groups: storage.groups,
-            devices: storage.devices,
+            files: clamp(storage.files, 1 << SLOT_BITS),
+            containers: clamp(storage.containers, TABLE_MAX),
+            groups: clamp(storage.groups, TABLE_MAX),
+            devices: clamp(storage.devices, TABLE_MAX),
             now_ms: 0,
         }
     }
@@ -623,7 +634,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// with its DMA map and the platform.
     ///
     /// # Errors
-    /// `EINVAL` while the container has no backend (spec/01-core.md §5.4).
+    /// `EINVAL` while the container has no backend (spec/01-core.md §7.1.4).
     pub(crate) fn container_backend(
         &mut self,
         c: usize,
