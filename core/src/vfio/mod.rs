@@ -325,22 +325,23 @@ struct FileView<'a> {
 
 impl driver::FdResolver for FileView<'_> {
     fn resolve_fd(&self, fd: i32) -> driver::FdTarget {
-        let Some((slot, generation)) = Fd(fd).split() else {
-            return driver::FdTarget::NotOpen;
-        };
-        match self.files.get(slot) {
-            Some(f) if f.generation == generation && f.object != FileObject::Free => {
-                match f.object {
-                    FileObject::Group(g) => match self.groups.get(g as usize) {
-                        Some(gs) if gs.in_use && gs.user_open => driver::FdTarget::Group(gs.id),
-                        _ => driver::FdTarget::Other,
-                    },
-                    _ => driver::FdTarget::Other,
-                }
-            }
-            _ => driver::FdTarget::NotOpen,
+        match lookup(self.files, Fd(fd)) {
+            None => driver::FdTarget::NotOpen,
+            Some(FileObject::Group(g)) => match self.groups.get(usize::from(g)) {
+                Some(gs) if gs.in_use && gs.user_open => driver::FdTarget::Group(gs.id),
+                _ => driver::FdTarget::Other,
+            },
+            Some(_) => driver::FdTarget::Other,
         }
     }
+}
+
+/// The object behind `fd` in `files` (never `Free`); `None` for a negative, closed,
+/// stale or never-issued handle.
+fn lookup(files: &[FileSlot], fd: Fd) -> Option<FileObject> {
+    let (slot, generation) = fd.split()?;
+    let file = files.get(slot)?;
+    (file.generation == generation && file.object != FileObject::Free).then_some(file.object)
 }
 
 fn bump(generation: u32) -> u32 {
@@ -430,12 +431,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// # Errors
     /// `EBADF` for a negative, closed, stale or never-issued handle.
     pub(crate) fn file(&self, fd: Fd) -> Result<FileObject> {
-        let (slot, generation) = fd.split().ok_or(Errno::EBADF)?;
-        let file = self.files.get(slot).ok_or(Errno::EBADF)?;
-        if file.generation != generation || file.object == FileObject::Free {
-            return Err(Errno::EBADF);
-        }
-        Ok(file.object)
+        lookup(self.files, fd).ok_or(Errno::EBADF)
     }
 
     /// The kind of object `fd` refers to.
@@ -1003,11 +999,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// The bus driver and the state of registered device `dev` (for interrupt delivery and
     /// tools). `None` for an unknown or unregistered device.
     pub fn device_parts(&self, dev: DeviceId) -> Option<(&D, &D::State)> {
-        let slot = self.devices.get(dev.slot as usize)?;
-        if slot.generation != dev.generation {
-            return None;
-        }
-        Some((&self.driver, slot.state.as_ref()?))
+        let d = self.device_slot(dev)?;
+        Some((&self.driver, self.devices[d].state.as_ref()?))
     }
 
     // ---------------------------------------------------------------- host events
