@@ -15,9 +15,11 @@ pub const VFIO_TYPE: u32 = 0x3b;
 /// First ioctl number (`VFIO_BASE`).
 pub const VFIO_BASE: u32 = 100;
 
-/// Request number for VFIO ioctl `n`: `_IO(';', 100 + n)` = `0x3b00 | (100 + n)`.
+/// Request number for VFIO ioctl `n`: `_IO(';', 100 + n)` = `0x3b00 | (100 + n)`
+/// (spec/01-core.md §2). The ioctl number is one byte, so `n` is meaningful up to 155;
+/// a larger `n` gives an unused request number (wrapping, never a panic).
 pub const fn vfio_io(n: u32) -> u32 {
-    (VFIO_TYPE << 8) | (VFIO_BASE + n)
+    (VFIO_TYPE << 8) | VFIO_BASE.wrapping_add(n)
 }
 
 /// ioctl request numbers (spec/01-core.md §2). The same number means different things on

@@ -76,7 +76,10 @@ impl Fd {
     }
 }
 
-/// A registered device (slot + generation).
+/// A registered device (slot + generation), returned by [`Vfio::register_device`].
+///
+/// It goes stale when its slot is reused after unregistration completes: the lookups then
+/// answer `None` and [`Vfio::unregister_device`] `ENODEV`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceId {
@@ -654,10 +657,13 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         Ok(self.containers[c].backend.as_ref())
     }
 
-    /// `VFIO_IOMMU_MAP_DMA` (spec/02-type1.md §6).
+    /// `VFIO_IOMMU_MAP_DMA` (spec/02-type1.md §6): maps `request.size` bytes of process
+    /// memory at `request.vaddr` to device address `request.iova`.
     ///
     /// # Errors
-    /// `EINVAL` when the container has no backend; otherwise [`Type1::map_dma`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` when the container has no
+    /// backend (spec/01-core.md §7.1.4); otherwise [`Type1::map_dma`]'s errors
+    /// (spec/02-type1.md §6.2 M1–M12).
     pub fn map_dma(&mut self, fd: Fd, request: &MapDma) -> Result<()> {
         let (backend, map, iommu, memory) = self.backend_parts(fd)?;
         backend.map_dma(map, iommu, memory, request)
@@ -666,17 +672,22 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// `VFIO_IOMMU_UNMAP_DMA` (spec/02-type1.md §7); returns the bytes unmapped.
     ///
     /// # Errors
-    /// `EINVAL` when the container has no backend; otherwise [`Type1::unmap_dma`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` when the container has no
+    /// backend; otherwise [`Type1::unmap_dma`]'s errors (spec/02-type1.md §7.2).
     pub fn unmap_dma(&mut self, fd: Fd, request: &UnmapDma) -> Result<u64> {
         let (backend, map, iommu, memory) = self.backend_parts(fd)?;
         backend.unmap_dma(map, iommu, memory, request, None)
     }
 
-    /// `VFIO_IOMMU_UNMAP_DMA` with `GET_DIRTY_BITMAP`: `bitmap` receives the dirty bits of
-    /// the removed entries, `pgsize` bytes per bit, relative to `request.iova`.
+    /// `VFIO_IOMMU_UNMAP_DMA` with `GET_DIRTY_BITMAP` (spec/02-type1.md §7.3): `bitmap`
+    /// receives the dirty bits of the removed entries, one bit per `pgsize` bytes, bit `k`
+    /// for the page at `request.iova + k × pgsize` (bit `k % 64` of u64 word `k / 64`).
+    /// The ABI dispatcher checks `bitmap`'s length (§7.2 U4) before calling this. Returns
+    /// the bytes unmapped.
     ///
     /// # Errors
-    /// `EINVAL` when the container has no backend; otherwise [`Type1::unmap_dma`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` when the container has no
+    /// backend; otherwise [`Type1::unmap_dma`]'s errors.
     pub fn unmap_dma_dirty(
         &mut self,
         fd: Fd,
@@ -691,17 +702,20 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// `VFIO_IOMMU_DIRTY_PAGES` `START`/`STOP` (spec/02-type1.md §10.2).
     ///
     /// # Errors
-    /// `EINVAL` without a backend; [`Type1::dirty_pages_control`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` without a backend;
+    /// [`Type1::dirty_pages_control`]'s errors (§10.2 P3–P5).
     pub fn dirty_pages_control(&mut self, fd: Fd, flags: u32) -> Result<()> {
         let (backend, map, _, _) = self.backend_parts(fd)?;
         backend.dirty_pages_control(map, flags)
     }
 
-    /// `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP` of `[iova, iova + size)` into `bitmap`
-    /// (`pgsize` bytes per bit).
+    /// `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP` (spec/02-type1.md §10.2 P6, §10.3) of the
+    /// IOVA range `[iova, iova + size)` into `bitmap`: one bit per `pgsize` bytes, bit `k`
+    /// for the page at `iova + k × pgsize`.
     ///
     /// # Errors
-    /// `EINVAL` without a backend; [`Type1::dirty_bitmap`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` without a backend;
+    /// [`Type1::dirty_bitmap`]'s errors.
     pub fn dirty_bitmap(
         &mut self,
         fd: Fd,
@@ -948,7 +962,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// Runs `f` with the bus driver and the device state behind device file `fd`.
     ///
     /// # Errors
-    /// `EBADF`; `EBADFD` when `fd` is not a device file; whatever `f` returns.
+    /// `EBADF`; `EBADFD` when `fd` is not a device file; `ENODEV` when the device's state
+    /// is gone (unregistration complete); whatever `f` returns.
     pub fn with_device<R>(
         &mut self,
         fd: Fd,
@@ -974,7 +989,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// the caller's files, so that group descriptors can prove ownership.
     ///
     /// # Errors
-    /// `EBADF`; `EBADFD` when `fd` is not a device file; the bus driver's errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a device file; `ENODEV` when the device's state
+    /// is gone; the bus driver's errors (vfio-pci: `ENOTTY` for an unknown request).
     pub fn device_ioctl_with_fds(&mut self, fd: Fd, request: u32, arg: &mut [u8]) -> Result<i64> {
         let d = self.device_of(fd)?;
         self.device_slot_ioctl_with_fds(d, request, arg)
@@ -1069,7 +1085,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         (slot.generation == dev.generation).then_some(dev.slot as usize)
     }
 
-    /// The registered (not unregistering) device named `name`.
+    /// The registered (not unregistering) device named `name` (exact bytes); `None` when
+    /// there is none.
     pub fn device_by_name(&self, name: &str) -> Option<DeviceId> {
         self.devices
             .iter()
@@ -1083,7 +1100,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             })
     }
 
-    /// The name of device `dev`.
+    /// The name of device `dev` (at most [`DEVICE_NAME_MAX`] bytes); `None` for a stale
+    /// id. Kept after unregistration completes, until the slot is reused.
     pub fn device_name(&self, dev: DeviceId) -> Option<&str> {
         self.device_slot(dev).map(|d| self.devices[d].name.as_str())
     }
@@ -1184,7 +1202,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             })
     }
 
-    /// The IOMMU group of device `dev`.
+    /// The IOMMU group of device `dev`; `None` for a stale id.
     pub fn device_group(&self, dev: DeviceId) -> Option<GroupId> {
         self.device_slot(dev)
             .map(|d| self.groups[self.devices[d].group as usize].id)
