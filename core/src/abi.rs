@@ -324,7 +324,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         if !backend.is_v2() {
             return Err(Errno::EACCES);
         }
-        let head: uapi::GroupStatus = read_prefix(buf, 8)?;
+        let head: uapi::DirtyBitmap = read_prefix(buf, 8)?;
         let (argsz, flags) = (head.argsz, head.flags);
         let known = dirty_flags::START | dirty_flags::STOP | dirty_flags::GET_BITMAP;
         if argsz < 8 || flags & !known != 0 || flags.count_ones() != 1 {
@@ -336,6 +336,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         if argsz - 8 < 40 {
             return Err(Errno::EINVAL);
         }
+        // Header then `iova`, `size`: the layout of the first 24 bytes of UNMAP_DMA.
         let range: uapi::DmaUnmap = read_prefix(buf, 24)?;
         let bitmap = read_bitmap(buf)?;
         if range.size == 0 {
