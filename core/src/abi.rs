@@ -19,7 +19,7 @@ use crate::errno::{Errno, Result};
 use crate::platform::{HostMemory, Iommu};
 use crate::type1::{dirty_flags, MapDma, UnmapDma};
 use crate::uapi::{self, dma_unmap_flags, ioctl};
-use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileKind, IrqSetRequest, Vfio};
+use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileObject, IrqSetRequest, Vfio};
 
 /// Scratch space for one capability chain, in bytes.
 const CAP_SCRATCH: usize = 1024;
@@ -60,6 +60,49 @@ fn read_prefix<T: FromBytes + IntoBytes>(buf: &[u8], minsz: usize) -> Result<T> 
     Ok(value)
 }
 
+/// A `#[repr(C)]` argument structure whose first field is `u32 argsz`.
+trait Args: FromBytes + IntoBytes {
+    /// The caller's `argsz`.
+    fn argsz(&self) -> u32;
+}
+
+macro_rules! impl_args {
+    ($($t:ty),* $(,)?) => {
+        $(impl Args for $t {
+            fn argsz(&self) -> u32 {
+                self.argsz
+            }
+        })*
+    };
+}
+
+impl_args!(
+    uapi::GroupStatus,
+    uapi::DeviceInfo,
+    uapi::RegionInfo,
+    uapi::Type1Info,
+    uapi::DmaMap,
+);
+
+/// The `minsz` convention of spec/01-core.md §3.1: reads the first `minsz` bytes of `buf`
+/// into a zeroed `T`, then refuses an `argsz` below `minsz`.
+///
+/// # Errors
+/// `EFAULT` when `buf` is shorter than `minsz` bytes; then `EINVAL` when `argsz < minsz`.
+fn read_args<T: Args>(buf: &[u8], minsz: u32) -> Result<T> {
+    let value: T = read_prefix(buf, usize::try_from(minsz).map_err(|_| Errno::EFAULT)?)?;
+    if value.argsz() < minsz {
+        return Err(Errno::EINVAL);
+    }
+    Ok(value)
+}
+
+/// How many bytes of an info structure of `size` bytes go back to a caller whose buffer
+/// is `argsz` bytes: `min(argsz, size)` (spec/01-core.md §3.2 step 4).
+fn write_back_len(argsz: u32, size: usize) -> usize {
+    usize::try_from(argsz).map_or(size, |argsz| argsz.min(size))
+}
+
 /// Writes the first `n` bytes of `value` into `buf` (`EFAULT` if `buf` is shorter).
 fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
     buf: &mut [u8],
@@ -75,31 +118,44 @@ fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
 }
 
 /// Applies the capability-chain protocol of spec/01-core.md §3.2 for a fixed structure of
-/// `fixed` bytes. Returns `(caps_present, argsz, cap_offset)` to store in the structure.
+/// `fixed` bytes: with room for `fixed + chain.len()` bytes in the caller's `argsz`, the
+/// chain is copied to offset `fixed` of `buf` with every `next` shifted by `fixed`;
+/// without room, nothing is copied and the needed size is reported. Returns
+/// `(caps_present, argsz, cap_offset)` to store in the structure.
+///
+/// # Errors
+/// `EFAULT` when `argsz` claims room that `buf` does not have; `ENOMEM` for a chain whose
+/// size does not fit a `u32` (never with the [`CAP_SCRATCH`]-byte scratch).
 fn place_caps(buf: &mut [u8], fixed: usize, argsz: u32, chain: &[u8]) -> Result<(bool, u32, u32)> {
     if chain.is_empty() {
         return Ok((false, argsz, 0));
     }
-    let needed = fixed + chain.len();
-    if (argsz as usize) < needed {
-        return Ok((true, needed as u32, 0));
+    let end = fixed.checked_add(chain.len()).ok_or(Errno::ENOMEM)?;
+    let needed = u32::try_from(end).map_err(|_| Errno::ENOMEM)?;
+    if argsz < needed {
+        return Ok((true, needed, 0));
     }
-    let dest = buf.get_mut(fixed..needed).ok_or(Errno::EFAULT)?;
+    // fixed ≤ end, which fits a u32.
+    let shift = u32::try_from(fixed).map_err(|_| Errno::ENOMEM)?;
+    let dest = buf.get_mut(fixed..end).ok_or(Errno::EFAULT)?;
     dest.copy_from_slice(chain);
-    // Shift every non-zero `next` by `fixed`.
+    // Shift every non-zero `next` by `fixed`; stop at the last capability or at a link
+    // that does not move forward.
     let mut at = 0usize;
-    while let Some(next_bytes) = dest.get_mut(at + 4..at + 8) {
-        let next = u32::from_le_bytes([next_bytes[0], next_bytes[1], next_bytes[2], next_bytes[3]]);
-        if next == 0 {
+    while let Some(field) = dest.get_mut(at..).and_then(|cap| cap.get_mut(4..8)) {
+        let mut next = [0u8; 4];
+        next.copy_from_slice(field);
+        let next = u32::from_le_bytes(next);
+        let Some(shifted) = next.checked_add(shift).filter(|_| next != 0) else {
             break;
+        };
+        field.copy_from_slice(&shifted.to_le_bytes());
+        match usize::try_from(next) {
+            Ok(next) if next > at => at = next,
+            _ => break,
         }
-        next_bytes.copy_from_slice(&(next + fixed as u32).to_le_bytes());
-        if next as usize <= at {
-            break;
-        }
-        at = next as usize;
     }
-    Ok((true, argsz, fixed as u32))
+    Ok((true, argsz, shift))
 }
 
 /// The device's region and IRQ counts (its GET_INFO without capabilities).
@@ -111,20 +167,38 @@ fn device_counts<D: BusDriver>(
     driver.device_info(state, &mut CapChain::new(&mut scratch))
 }
 
-/// The `vfio_bitmap` checks shared by UNMAP and DIRTY_PAGES (spec/02-type1.md §7.2 U4):
-/// the bitmap bytes must follow the 48-byte structure inside a buffer of `buffer_len`
-/// bytes, and hold one bit per `bitmap.pgsize` page of `size` bytes.
-fn check_bitmap(buffer_len: usize, size: u64, bitmap: &uapi::Bitmap) -> Result<()> {
-    let available = buffer_len.saturating_sub(48) as u64;
-    if bitmap.size > available || bitmap.pgsize == 0 {
-        return Err(Errno::EINVAL);
-    }
+/// Offset of the bitmap bytes in an UNMAP or DIRTY_PAGES buffer: after the 24-byte
+/// structure (`vfio_iommu_type1_dma_unmap`, or the DIRTY_PAGES header and range) and the
+/// 24-byte `vfio_bitmap`.
+const BITMAP_DATA: usize = 48;
+
+/// Reads the 24-byte `vfio_bitmap` at offset 24 of `buf` (`EFAULT` if `buf` is shorter).
+fn read_bitmap(buf: &[u8]) -> Result<uapi::Bitmap> {
+    read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)
+}
+
+/// The `vfio_bitmap` checks shared by UNMAP and DIRTY_PAGES (spec/02-type1.md §7.2 U4,
+/// §10.2 P6), then the bitmap bytes themselves: `bitmap.size` bytes at offset
+/// [`BITMAP_DATA`] of `buf`, one bit per `bitmap.pgsize`-byte page of a `size`-byte range.
+///
+/// # Errors
+/// `EINVAL` when the bitmap bytes do not fit in `buf` (the kernel's inaccessible user
+/// buffer), `pgsize` is 0, the range has no page, or `bitmap.size` is 0, above 2^28 or
+/// short of one bit per page in whole 64-bit words.
+fn bitmap_bits<'b>(buf: &'b mut [u8], size: u64, bitmap: &uapi::Bitmap) -> Result<&'b mut [u8]> {
+    let available = buf.len().saturating_sub(BITMAP_DATA);
+    let len = match usize::try_from(bitmap.size) {
+        Ok(len) if len <= available && bitmap.pgsize != 0 => len,
+        _ => return Err(Errno::EINVAL),
+    };
     let npages = size >> bitmap.pgsize.trailing_zeros();
     let words = npages.div_ceil(64);
     if npages == 0 || bitmap.size == 0 || bitmap.size > 1 << 28 || bitmap.size < 8 * words {
         return Err(Errno::EINVAL);
     }
-    Ok(())
+    // len ≤ buf.len() − BITMAP_DATA: the end cannot overflow and is in bounds.
+    buf.get_mut(BITMAP_DATA..BITMAP_DATA + len)
+        .ok_or(Errno::EINVAL)
 }
 
 impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
@@ -137,14 +211,24 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
     /// same input (spec/01-core.md §7, spec/02-type1.md §14), `EFAULT` when the buffer is
     /// shorter than a step must read or write.
     pub fn ioctl(&mut self, fd: Fd, request: u32, mut arg: Arg<'_>) -> Result<i64> {
-        match self.file_kind(fd)? {
-            FileKind::Container => self.container_ioctl(fd, request, &mut arg),
-            FileKind::Group => self.group_ioctl(fd, request, arg.buffer()),
-            FileKind::Device => self.device_ioctl(fd, request, arg.buffer()),
+        match self.file(fd)? {
+            FileObject::Container(c) => self.container_ioctl(fd, usize::from(c), request, &mut arg),
+            FileObject::Group(_) => self.group_ioctl(fd, request, arg.buffer()),
+            // The device path resolves `fd` once, here (it is the hot one).
+            FileObject::Device(d) => self.device_ioctl(usize::from(d), request, arg.buffer()),
+            FileObject::Free => Err(Errno::EBADF),
         }
     }
 
-    fn container_ioctl(&mut self, fd: Fd, request: u32, arg: &mut Arg<'_>) -> Result<i64> {
+    /// The container ioctls of spec/01-core.md §7.1 on container file `fd` (slot `c`),
+    /// then the Type1 ones of spec/02-type1.md §6–§10.
+    fn container_ioctl(
+        &mut self,
+        fd: Fd,
+        c: usize,
+        request: u32,
+        arg: &mut Arg<'_>,
+    ) -> Result<i64> {
         match request {
             ioctl::GET_API_VERSION => return Ok(i64::from(uapi::VFIO_API_VERSION)),
             ioctl::CHECK_EXTENSION => {
@@ -157,38 +241,33 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             }
             _ => {}
         }
-        if self.type1(fd)?.is_none() {
-            return Err(Errno::EINVAL);
-        }
+        // Without a backend every other request is EINVAL (spec/01-core.md §7.1.4).
+        self.container_backend(c)?;
         let buf = arg.buffer();
         match request {
-            ioctl::IOMMU_GET_INFO => self.type1_get_info(fd, buf),
+            ioctl::IOMMU_GET_INFO => self.type1_get_info(c, buf),
             ioctl::IOMMU_MAP_DMA => {
-                let map: uapi::DmaMap = read_prefix(buf, 32)?;
-                if map.argsz < 32 {
-                    return Err(Errno::EINVAL);
-                }
+                let map: uapi::DmaMap = read_args(buf, 32)?;
                 let request = MapDma {
                     flags: map.flags,
                     vaddr: map.vaddr,
                     iova: map.iova,
                     size: map.size,
                 };
-                self.map_dma(fd, &request).map(|()| 0)
+                let (backend, map, iommu, memory) = self.container_backend(c)?;
+                backend.map_dma(map, iommu, memory, &request).map(|()| 0)
             }
-            ioctl::IOMMU_UNMAP_DMA => self.type1_unmap(fd, buf),
-            ioctl::IOMMU_DIRTY_PAGES => self.type1_dirty_pages(fd, buf),
+            ioctl::IOMMU_UNMAP_DMA => self.type1_unmap(c, buf),
+            ioctl::IOMMU_DIRTY_PAGES => self.type1_dirty_pages(c, buf),
             _ => Err(Errno::ENOTTY),
         }
     }
 
-    fn type1_get_info(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
-        let mut info: uapi::Type1Info = read_prefix(buf, 16)?;
-        if info.argsz < 16 {
-            return Err(Errno::EINVAL);
-        }
+    /// `VFIO_IOMMU_GET_INFO` (spec/02-type1.md §9) on container slot `c`.
+    fn type1_get_info(&mut self, c: usize, buf: &mut [u8]) -> Result<i64> {
+        let mut info: uapi::Type1Info = read_args(buf, 16)?;
         let mut scratch = [0u8; CAP_SCRATCH];
-        let backend = self.type1(fd)?.ok_or(Errno::EINVAL)?;
+        let (backend, ..) = self.container_backend(c)?;
         let (flags, pgsizes, len) = backend.info(&mut scratch)?;
         info.flags = flags;
         info.iova_pgsizes = pgsizes;
@@ -197,7 +276,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         let chain = scratch.get(..len).ok_or(Errno::ENOMEM)?;
         // Write back min(caller's argsz, 24) bytes: a caller with argsz < 24 made no room
         // for cap_offset/pad (spec/01-core.md §3.2 step 4, spec/02-type1.md §9.3).
-        let n = (info.argsz as usize).min(24);
+        let n = write_back_len(info.argsz, 24);
         let (_, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain)?;
         info.argsz = argsz;
         info.cap_offset = cap_offset;
@@ -205,21 +284,14 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         Ok(0)
     }
 
-    fn type1_unmap(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
+    /// `VFIO_IOMMU_UNMAP_DMA` (spec/02-type1.md §7) on container slot `c`; the bitmap
+    /// bytes of `GET_DIRTY_BITMAP` follow the 48-byte structure.
+    fn type1_unmap(&mut self, c: usize, buf: &mut [u8]) -> Result<i64> {
         let mut unmap: uapi::DmaUnmap = read_prefix(buf, 24)?;
         let known =
             dma_unmap_flags::GET_DIRTY_BITMAP | dma_unmap_flags::ALL | dma_unmap_flags::VADDR;
         if unmap.argsz < 24 || unmap.flags & !known != 0 {
             return Err(Errno::EINVAL);
-        }
-        if unmap.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
-            if unmap.flags & (dma_unmap_flags::ALL | dma_unmap_flags::VADDR) != 0
-                || unmap.argsz < 48
-            {
-                return Err(Errno::EINVAL);
-            }
-            let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
-            check_bitmap(buf.len(), unmap.size, &bitmap)?;
         }
         let request = UnmapDma {
             flags: unmap.flags,
@@ -227,61 +299,60 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             size: unmap.size,
         };
         let total = if unmap.flags & dma_unmap_flags::GET_DIRTY_BITMAP != 0 {
-            let bitmap: uapi::Bitmap = read_prefix(buf.get(24..).ok_or(Errno::EFAULT)?, 24)?;
-            let end = 48 + bitmap.size as usize;
-            let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;
-            self.unmap_dma_dirty(fd, &request, bitmap.pgsize, bits)?
+            if unmap.flags & (dma_unmap_flags::ALL | dma_unmap_flags::VADDR) != 0
+                || unmap.argsz < 48
+            {
+                return Err(Errno::EINVAL);
+            }
+            let bitmap = read_bitmap(buf)?;
+            let bits = bitmap_bits(buf, unmap.size, &bitmap)?;
+            let (backend, map, iommu, memory) = self.container_backend(c)?;
+            backend.unmap_dma(map, iommu, memory, &request, Some((bitmap.pgsize, bits)))?
         } else {
-            self.unmap_dma(fd, &request)?
+            let (backend, map, iommu, memory) = self.container_backend(c)?;
+            backend.unmap_dma(map, iommu, memory, &request, None)?
         };
         unmap.size = total;
         write_prefix(buf, &unmap, 24)?;
         Ok(0)
     }
 
-    /// `VFIO_IOMMU_DIRTY_PAGES` (spec/02-type1.md §10.2); the bitmap bytes of `GET_BITMAP`
-    /// follow the 48-byte structure.
-    fn type1_dirty_pages(&mut self, fd: Fd, buf: &mut [u8]) -> Result<i64> {
-        if !self.type1(fd)?.is_some_and(crate::type1::Type1::is_v2) {
+    /// `VFIO_IOMMU_DIRTY_PAGES` (spec/02-type1.md §10.2) on container slot `c`; the bitmap
+    /// bytes of `GET_BITMAP` follow the 48-byte structure.
+    fn type1_dirty_pages(&mut self, c: usize, buf: &mut [u8]) -> Result<i64> {
+        let (backend, map, ..) = self.container_backend(c)?;
+        if !backend.is_v2() {
             return Err(Errno::EACCES);
         }
-        let head: uapi::GroupStatus = read_prefix(buf, 8)?;
+        let head: uapi::DirtyBitmap = read_prefix(buf, 8)?;
         let (argsz, flags) = (head.argsz, head.flags);
         let known = dirty_flags::START | dirty_flags::STOP | dirty_flags::GET_BITMAP;
         if argsz < 8 || flags & !known != 0 || flags.count_ones() != 1 {
             return Err(Errno::EINVAL);
         }
         if flags != dirty_flags::GET_BITMAP {
-            return self.dirty_pages_control(fd, flags).map(|()| 0);
+            return backend.dirty_pages_control(map, flags).map(|()| 0);
         }
         if argsz - 8 < 40 {
             return Err(Errno::EINVAL);
         }
+        // Header then `iova`, `size`: the layout of the first 24 bytes of UNMAP_DMA.
         let range: uapi::DmaUnmap = read_prefix(buf, 24)?;
-        if buf.len() < 48 {
-            return Err(Errno::EFAULT);
-        }
-        let bitmap: uapi::Bitmap = read_prefix(&buf[24..], 24)?;
+        let bitmap = read_bitmap(buf)?;
         if range.size == 0 {
             return Err(Errno::EINVAL);
         }
-        self.type1(fd)?
-            .ok_or(Errno::EINVAL)?
-            .check_bitmap_range(range.iova, range.size)?;
-        check_bitmap(buf.len(), range.size, &bitmap)?;
-        let end = 48 + bitmap.size as usize;
-        let bits = buf.get_mut(48..end).ok_or(Errno::EINVAL)?;
-        self.dirty_bitmap(fd, range.iova, range.size, bitmap.pgsize, bits)
+        backend.check_bitmap_range(range.iova, range.size)?;
+        let bits = bitmap_bits(buf, range.size, &bitmap)?;
+        backend
+            .dirty_bitmap(map, range.iova, range.size, bitmap.pgsize, bits)
             .map(|()| 0)
     }
 
     fn group_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
         match request {
             ioctl::GROUP_GET_STATUS => {
-                let mut status: uapi::GroupStatus = read_prefix(buf, 8)?;
-                if status.argsz < 8 {
-                    return Err(Errno::EINVAL);
-                }
+                let mut status: uapi::GroupStatus = read_args(buf, 8)?;
                 status.flags = self.group_status(fd)?;
                 write_prefix(buf, &status, 8)?;
                 Ok(0)
@@ -299,24 +370,22 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
         }
     }
 
-    fn device_ioctl(&mut self, fd: Fd, request: u32, buf: &mut [u8]) -> Result<i64> {
+    /// The device-file ioctls of spec/01-core.md §7.3 on device slot `d`.
+    fn device_ioctl(&mut self, d: usize, request: u32, buf: &mut [u8]) -> Result<i64> {
         match request {
             ioctl::DEVICE_GET_INFO => {
-                let mut info: uapi::DeviceInfo = read_prefix(buf, 16)?;
-                if info.argsz < 16 {
-                    return Err(Errno::EINVAL);
-                }
+                let mut info: uapi::DeviceInfo = read_args(buf, 16)?;
                 let mut scratch = [0u8; CAP_SCRATCH];
                 let mut chain = CapChain::new(&mut scratch);
-                let typed =
-                    self.with_device(fd, |driver, state| driver.device_info(state, &mut chain))?;
+                let typed = self
+                    .with_device_slot(d, |driver, state| driver.device_info(state, &mut chain))?;
                 info.flags = typed.flags;
                 info.num_regions = typed.num_regions;
                 info.num_irqs = typed.num_irqs;
                 info.cap_offset = 0;
                 info.pad = 0;
                 // min(caller's argsz, 24) bytes go back (spec/01-core.md §3.2 step 4).
-                let n = (info.argsz as usize).min(24);
+                let n = write_back_len(info.argsz, 24);
                 let (caps, argsz, cap_offset) = place_caps(buf, 24, info.argsz, chain.as_bytes())?;
                 if caps {
                     info.flags |= uapi::device_flags::CAPS;
@@ -327,14 +396,11 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 Ok(0)
             }
             ioctl::DEVICE_GET_REGION_INFO => {
-                let mut info: uapi::RegionInfo = read_prefix(buf, 32)?;
-                if info.argsz < 32 {
-                    return Err(Errno::EINVAL);
-                }
+                let mut info: uapi::RegionInfo = read_args(buf, 32)?;
                 let mut scratch = [0u8; CAP_SCRATCH];
                 let mut chain = CapChain::new(&mut scratch);
                 let index = info.index;
-                let typed = self.with_device(fd, |driver, state| {
+                let typed = self.with_device_slot(d, |driver, state| {
                     let device = device_counts(driver, state)?;
                     if index >= device.num_regions {
                         return Err(Errno::EINVAL);
@@ -357,7 +423,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 let mut info: uapi::IrqInfo = read_prefix(buf, 16)?;
                 let index = info.index;
                 let argsz = info.argsz;
-                let typed = self.with_device(fd, |driver, state| {
+                let typed = self.with_device_slot(d, |driver, state| {
                     let device = device_counts(driver, state)?;
                     if argsz < 16 || index >= device.num_irqs {
                         return Err(Errno::EINVAL);
@@ -372,7 +438,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
             ioctl::DEVICE_SET_IRQS => {
                 let header: uapi::IrqSet = read_prefix(buf, 20)?;
                 let buf_ro: &[u8] = buf;
-                self.with_device(fd, |driver, state| {
+                self.with_device_slot(d, |driver, state| {
                     let device = device_counts(driver, state)?;
                     let num = if header.index < device.num_irqs {
                         driver.irq_info(state, header.index).map_or(0, |i| i.count)
@@ -395,12 +461,12 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 })
             }
             ioctl::DEVICE_RESET => {
-                self.with_device(fd, |driver, state| driver.reset(state).map(|()| 0))
+                self.with_device_slot(d, |driver, state| driver.reset(state).map(|()| 0))
             }
-            ioctl::DEVICE_FEATURE => self.with_device(fd, |driver, state| {
+            ioctl::DEVICE_FEATURE => self.with_device_slot(d, |driver, state| {
                 crate::vfio::device_feature(driver, state, buf)
             }),
-            _ => self.device_ioctl_with_fds(fd, request, buf),
+            _ => self.device_slot_ioctl_with_fds(d, request, buf),
         }
     }
 

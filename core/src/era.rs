@@ -17,7 +17,9 @@ pub enum Era {
 }
 
 impl Era {
-    /// Parses `"7.3"`/`"recent"` or `"6.1"`; `None` otherwise.
+    /// Parses an era name: `"7.3"`, `"recent"` or `"linux-7.3"` for [`Era::Linux7_3`];
+    /// `"6.1"` or `"linux-6.1"` for [`Era::Linux6_1`]; `None` for anything else (exact,
+    /// case-sensitive match).
     pub fn parse(text: &str) -> Option<Era> {
         match text {
             "7.3" | "recent" | "linux-7.3" => Some(Era::Linux7_3),

@@ -15,9 +15,11 @@ pub const VFIO_TYPE: u32 = 0x3b;
 /// First ioctl number (`VFIO_BASE`).
 pub const VFIO_BASE: u32 = 100;
 
-/// Request number for VFIO ioctl `n`: `_IO(';', 100 + n)` = `0x3b00 | (100 + n)`.
+/// Request number for VFIO ioctl `n`: `_IO(';', 100 + n)` = `0x3b00 | (100 + n)`
+/// (spec/01-core.md §2). The ioctl number is one byte, so `n` is meaningful up to 155;
+/// a larger `n` gives an unused request number (wrapping, never a panic).
 pub const fn vfio_io(n: u32) -> u32 {
-    (VFIO_TYPE << 8) | (VFIO_BASE + n)
+    (VFIO_TYPE << 8) | VFIO_BASE.wrapping_add(n)
 }
 
 /// ioctl request numbers (spec/01-core.md §2). The same number means different things on
@@ -458,6 +460,20 @@ pub struct Bitmap {
     pub data: u64,
 }
 
+/// `struct vfio_iommu_type1_dirty_bitmap` header (8 bytes, spec/02-type1.md §10.1). For
+/// `GET_BITMAP` the 40-byte `vfio_iommu_type1_dirty_bitmap_get` follows: u64 `iova` @8,
+/// u64 `size` @16 (bytes), then a [`Bitmap`] @24.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct DirtyBitmap {
+    /// Size of the caller's buffer, header included (≥ 8; ≥ 48 for `GET_BITMAP`).
+    pub argsz: u32,
+    /// Exactly one of `START` 0x1, `STOP` 0x2, `GET_BITMAP` 0x4.
+    pub flags: u32,
+}
+
 /// `struct vfio_device_ioeventfd` (32 bytes; `minsz` = end of `fd` = 28).
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
@@ -571,6 +587,10 @@ const _: () = {
     assert!(offset_of!(Bitmap, pgsize) == 0);
     assert!(offset_of!(Bitmap, size) == 8);
     assert!(offset_of!(Bitmap, data) == 16);
+
+    assert!(size_of::<DirtyBitmap>() == 8);
+    assert!(offset_of!(DirtyBitmap, argsz) == 0);
+    assert!(offset_of!(DirtyBitmap, flags) == 4);
 
     assert!(size_of::<Ioeventfd>() == 32);
     assert!(align_of::<Ioeventfd>() == 8);

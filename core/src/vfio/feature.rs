@@ -37,9 +37,10 @@ impl FeatureRequest {
         self.flags & feature_flags::MASK
     }
 
-    /// Payload bytes the caller declared (`argsz − 8`).
+    /// Payload bytes the caller declared: `argsz − 8` (0 for a hand-built request with
+    /// `argsz < 8`, which [`validate_feature`] never returns).
     pub const fn payload_len(&self) -> u32 {
-        self.argsz - FEATURE_MINSZ
+        self.argsz.saturating_sub(FEATURE_MINSZ)
     }
 }
 
@@ -139,5 +140,12 @@ mod tests {
         // A short payload only matters without PROBE.
         assert_eq!(check_feature(&r(PROBE | SET), SET, 8), Ok(false));
         assert_eq!(check_feature(&r(SET), SET, 8), Err(Errno::EINVAL));
+        // A hand-built request below the header size has no payload (no underflow).
+        let short = FeatureRequest {
+            argsz: 4,
+            flags: SET,
+        };
+        assert_eq!(short.payload_len(), 0);
+        assert_eq!(check_feature(&short, SET, 8), Err(Errno::EINVAL));
     }
 }

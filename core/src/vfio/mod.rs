@@ -38,6 +38,14 @@ pub const REQUEST_INTERVAL_MS: u64 = 10_000;
 const SLOT_BITS: u32 = 12;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 const GENERATION_MAX: u32 = (1 << (31 - SLOT_BITS)) - 1;
+/// Container, group and device slots are named by `u16` indexes: at most 65536 of each.
+const TABLE_MAX: usize = 1 << 16;
+
+/// The first `max` slots of `slots` (all of them when there are fewer).
+fn clamp<T>(slots: &mut [T], max: usize) -> &mut [T] {
+    let len = slots.len().min(max);
+    &mut slots[..len]
+}
 
 /// A file handle: container, group or device file (the analogue of a Linux fd).
 ///
@@ -68,7 +76,10 @@ impl Fd {
     }
 }
 
-/// A registered device (slot + generation).
+/// A registered device (slot + generation), returned by [`Vfio::register_device`].
+///
+/// It goes stale when its slot is reused after unregistration completes: the lookups then
+/// answer `None` and [`Vfio::unregister_device`] `ENODEV`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceId {
@@ -88,8 +99,9 @@ pub enum FileKind {
     Device,
 }
 
+/// What an open file slot holds: the object's slot index in its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileObject {
+pub(crate) enum FileObject {
     Free,
     Container(u16),
     Group(u16),
@@ -200,7 +212,7 @@ pub enum Registration {
     Gone,
 }
 
-/// Counters of one device, for tests and tools.
+/// Counters of one device, for tests and tools. The `*_calls` counters wrap at 2^32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceStats {
@@ -223,7 +235,9 @@ pub struct DeviceSlot<S> {
     name: String<DEVICE_NAME_MAX>,
     group: u16,
     stats: DeviceStats,
-    next_request_ms: u64,
+    /// When the next `request` call falls due on the registry clock, in milliseconds
+    /// (`None`: never, i.e. past `u64::MAX`).
+    next_request_ms: Option<u64>,
 }
 
 impl<S> DeviceSlot<S> {
@@ -241,7 +255,7 @@ impl<S> DeviceSlot<S> {
                 close_calls: 0,
                 request_calls: 0,
             },
-            next_request_ms: 0,
+            next_request_ms: None,
         }
     }
 }
@@ -254,7 +268,9 @@ impl<S> Default for DeviceSlot<S> {
 
 /// The embedder's storage for a [`Vfio`]: the capacities are the slice lengths.
 ///
-/// File handles encode the slot in 12 bits, so at most 4096 file slots are used.
+/// File handles encode the slot in 12 bits, so at most 4096 file slots are used; objects
+/// are indexed by `u16`, so at most 65536 container, group and device slots are used.
+/// Slots beyond those limits are ignored.
 #[derive(Debug)]
 pub struct Storage<'s, S> {
     /// Open files (containers, groups, device files).
@@ -312,22 +328,23 @@ struct FileView<'a> {
 
 impl driver::FdResolver for FileView<'_> {
     fn resolve_fd(&self, fd: i32) -> driver::FdTarget {
-        let Some((slot, generation)) = Fd(fd).split() else {
-            return driver::FdTarget::NotOpen;
-        };
-        match self.files.get(slot) {
-            Some(f) if f.generation == generation && f.object != FileObject::Free => {
-                match f.object {
-                    FileObject::Group(g) => match self.groups.get(g as usize) {
-                        Some(gs) if gs.in_use && gs.user_open => driver::FdTarget::Group(gs.id),
-                        _ => driver::FdTarget::Other,
-                    },
-                    _ => driver::FdTarget::Other,
-                }
-            }
-            _ => driver::FdTarget::NotOpen,
+        match lookup(self.files, Fd(fd)) {
+            None => driver::FdTarget::NotOpen,
+            Some(FileObject::Group(g)) => match self.groups.get(usize::from(g)) {
+                Some(gs) if gs.in_use && gs.user_open => driver::FdTarget::Group(gs.id),
+                _ => driver::FdTarget::Other,
+            },
+            Some(_) => driver::FdTarget::Other,
         }
     }
+}
+
+/// The object behind `fd` in `files` (never `Free`); `None` for a negative, closed,
+/// stale or never-issued handle.
+fn lookup(files: &[FileSlot], fd: Fd) -> Option<FileObject> {
+    let (slot, generation) = fd.split()?;
+    let file = files.get(slot)?;
+    (file.generation == generation && file.object != FileObject::Free).then_some(file.object)
 }
 
 fn bump(generation: u32) -> u32 {
@@ -340,6 +357,9 @@ fn bump(generation: u32) -> u32 {
 
 impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// A registry over the platform's IOMMU and host memory, with bus driver `driver`.
+    ///
+    /// Uses at most the first 4096 file slots and the first 65536 container, group and
+    /// device slots of `storage` (see [`Storage`]); the clock starts at 0 ms.
     pub fn new(
         iommu: I,
         memory: M,
@@ -347,17 +367,15 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         storage: Storage<'s, D::State>,
         config: Config,
     ) -> Self {
-        let files = storage.files;
-        let limit = files.len().min(1 << SLOT_BITS);
         Vfio {
             iommu,
             memory,
             driver,
             config,
-            files: &mut files[..limit],
-            containers: storage.containers,
-            groups: storage.groups,
-            devices: storage.devices,
+            files: clamp(storage.files, 1 << SLOT_BITS),
+            containers: clamp(storage.containers, TABLE_MAX),
+            groups: clamp(storage.groups, TABLE_MAX),
+            devices: clamp(storage.devices, TABLE_MAX),
             now_ms: 0,
         }
     }
@@ -411,13 +429,12 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         Ok(Fd::new(index, slot.generation))
     }
 
-    fn file(&self, fd: Fd) -> Result<FileObject> {
-        let (slot, generation) = fd.split().ok_or(Errno::EBADF)?;
-        let file = self.files.get(slot).ok_or(Errno::EBADF)?;
-        if file.generation != generation || file.object == FileObject::Free {
-            return Err(Errno::EBADF);
-        }
-        Ok(file.object)
+    /// The object behind `fd` (never `Free`): the one handle lookup of every operation.
+    ///
+    /// # Errors
+    /// `EBADF` for a negative, closed, stale or never-issued handle.
+    pub(crate) fn file(&self, fd: Fd) -> Result<FileObject> {
+        lookup(self.files, fd).ok_or(Errno::EBADF)
     }
 
     /// The kind of object `fd` refers to.
@@ -609,6 +626,18 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
 
     fn backend_parts(&mut self, fd: Fd) -> Result<(&mut Type1, &mut DmaMap<'s>, &mut I, &mut M)> {
         let c = self.container_of(fd)?;
+        self.container_backend(c)
+    }
+
+    /// The Type1 instance of container slot `c` (of an already resolved container file),
+    /// with its DMA map and the platform.
+    ///
+    /// # Errors
+    /// `EINVAL` while the container has no backend (spec/01-core.md §7.1.4).
+    pub(crate) fn container_backend(
+        &mut self,
+        c: usize,
+    ) -> Result<(&mut Type1, &mut DmaMap<'s>, &mut I, &mut M)> {
         let container = &mut self.containers[c];
         let backend = container.backend.as_mut().ok_or(Errno::EINVAL)?;
         Ok((
@@ -628,10 +657,13 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         Ok(self.containers[c].backend.as_ref())
     }
 
-    /// `VFIO_IOMMU_MAP_DMA` (spec/02-type1.md §6).
+    /// `VFIO_IOMMU_MAP_DMA` (spec/02-type1.md §6): maps `request.size` bytes of process
+    /// memory at `request.vaddr` to device address `request.iova`.
     ///
     /// # Errors
-    /// `EINVAL` when the container has no backend; otherwise [`Type1::map_dma`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` when the container has no
+    /// backend (spec/01-core.md §7.1.4); otherwise [`Type1::map_dma`]'s errors
+    /// (spec/02-type1.md §6.2 M1–M12).
     pub fn map_dma(&mut self, fd: Fd, request: &MapDma) -> Result<()> {
         let (backend, map, iommu, memory) = self.backend_parts(fd)?;
         backend.map_dma(map, iommu, memory, request)
@@ -640,17 +672,22 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// `VFIO_IOMMU_UNMAP_DMA` (spec/02-type1.md §7); returns the bytes unmapped.
     ///
     /// # Errors
-    /// `EINVAL` when the container has no backend; otherwise [`Type1::unmap_dma`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` when the container has no
+    /// backend; otherwise [`Type1::unmap_dma`]'s errors (spec/02-type1.md §7.2).
     pub fn unmap_dma(&mut self, fd: Fd, request: &UnmapDma) -> Result<u64> {
         let (backend, map, iommu, memory) = self.backend_parts(fd)?;
         backend.unmap_dma(map, iommu, memory, request, None)
     }
 
-    /// `VFIO_IOMMU_UNMAP_DMA` with `GET_DIRTY_BITMAP`: `bitmap` receives the dirty bits of
-    /// the removed entries, `pgsize` bytes per bit, relative to `request.iova`.
+    /// `VFIO_IOMMU_UNMAP_DMA` with `GET_DIRTY_BITMAP` (spec/02-type1.md §7.3): `bitmap`
+    /// receives the dirty bits of the removed entries, one bit per `pgsize` bytes, bit `k`
+    /// for the page at `request.iova + k × pgsize` (bit `k % 64` of u64 word `k / 64`).
+    /// The ABI dispatcher checks `bitmap`'s length (§7.2 U4) before calling this. Returns
+    /// the bytes unmapped.
     ///
     /// # Errors
-    /// `EINVAL` when the container has no backend; otherwise [`Type1::unmap_dma`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` when the container has no
+    /// backend; otherwise [`Type1::unmap_dma`]'s errors.
     pub fn unmap_dma_dirty(
         &mut self,
         fd: Fd,
@@ -665,17 +702,20 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// `VFIO_IOMMU_DIRTY_PAGES` `START`/`STOP` (spec/02-type1.md §10.2).
     ///
     /// # Errors
-    /// `EINVAL` without a backend; [`Type1::dirty_pages_control`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` without a backend;
+    /// [`Type1::dirty_pages_control`]'s errors (§10.2 P3–P5).
     pub fn dirty_pages_control(&mut self, fd: Fd, flags: u32) -> Result<()> {
         let (backend, map, _, _) = self.backend_parts(fd)?;
         backend.dirty_pages_control(map, flags)
     }
 
-    /// `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP` of `[iova, iova + size)` into `bitmap`
-    /// (`pgsize` bytes per bit).
+    /// `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP` (spec/02-type1.md §10.2 P6, §10.3) of the
+    /// IOVA range `[iova, iova + size)` into `bitmap`: one bit per `pgsize` bytes, bit `k`
+    /// for the page at `iova + k × pgsize`.
     ///
     /// # Errors
-    /// `EINVAL` without a backend; [`Type1::dirty_bitmap`]'s errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a container; `EINVAL` without a backend;
+    /// [`Type1::dirty_bitmap`]'s errors.
     pub fn dirty_bitmap(
         &mut self,
         fd: Fd,
@@ -884,7 +924,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             device.stats.open_count -= 1;
             return Err(Errno::EINVAL);
         }
-        device.stats.open_calls += 1;
+        device.stats.open_calls = device.stats.open_calls.wrapping_add(1);
         let result = match device.state.as_mut() {
             Some(state) => self.driver.open_device(state),
             None => Err(Errno::ENODEV),
@@ -902,7 +942,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         let device = &mut self.devices[d];
         device.stats.open_count = device.stats.open_count.saturating_sub(1);
         if device.stats.open_count == 0 {
-            device.stats.close_calls += 1;
+            device.stats.close_calls = device.stats.close_calls.wrapping_add(1);
             if let Some(state) = device.state.as_mut() {
                 self.driver.close_device(state);
             }
@@ -922,13 +962,24 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// Runs `f` with the bus driver and the device state behind device file `fd`.
     ///
     /// # Errors
-    /// `EBADF`; `EBADFD` when `fd` is not a device file; whatever `f` returns.
+    /// `EBADF`; `EBADFD` when `fd` is not a device file; `ENODEV` when the device's state
+    /// is gone (unregistration complete); whatever `f` returns.
     pub fn with_device<R>(
         &mut self,
         fd: Fd,
         f: impl FnOnce(&mut D, &mut D::State) -> Result<R>,
     ) -> Result<R> {
         let d = self.device_of(fd)?;
+        self.with_device_slot(d, f)
+    }
+
+    /// [`Vfio::with_device`] for device slot `d` of an already resolved device file
+    /// (`ENODEV` once its state is gone).
+    pub(crate) fn with_device_slot<R>(
+        &mut self,
+        d: usize,
+        f: impl FnOnce(&mut D, &mut D::State) -> Result<R>,
+    ) -> Result<R> {
         let state = self.devices[d].state.as_mut().ok_or(Errno::ENODEV)?;
         f(&mut self.driver, state)
     }
@@ -938,9 +989,21 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// the caller's files, so that group descriptors can prove ownership.
     ///
     /// # Errors
-    /// `EBADF`; `EBADFD` when `fd` is not a device file; the bus driver's errors.
+    /// `EBADF`; `EBADFD` when `fd` is not a device file; `ENODEV` when the device's state
+    /// is gone; the bus driver's errors (vfio-pci: `ENOTTY` for an unknown request).
     pub fn device_ioctl_with_fds(&mut self, fd: Fd, request: u32, arg: &mut [u8]) -> Result<i64> {
         let d = self.device_of(fd)?;
+        self.device_slot_ioctl_with_fds(d, request, arg)
+    }
+
+    /// [`Vfio::device_ioctl_with_fds`] for device slot `d` of an already resolved device
+    /// file.
+    pub(crate) fn device_slot_ioctl_with_fds(
+        &mut self,
+        d: usize,
+        request: u32,
+        arg: &mut [u8],
+    ) -> Result<i64> {
         let view = FileView {
             files: self.files,
             groups: self.groups,
@@ -952,11 +1015,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     /// The bus driver and the state of registered device `dev` (for interrupt delivery and
     /// tools). `None` for an unknown or unregistered device.
     pub fn device_parts(&self, dev: DeviceId) -> Option<(&D, &D::State)> {
-        let slot = self.devices.get(dev.slot as usize)?;
-        if slot.generation != dev.generation {
-            return None;
-        }
-        Some((&self.driver, slot.state.as_ref()?))
+        let d = self.device_slot(dev)?;
+        Some((&self.driver, self.devices[d].state.as_ref()?))
     }
 
     // ---------------------------------------------------------------- host events
@@ -1025,7 +1085,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
         (slot.generation == dev.generation).then_some(dev.slot as usize)
     }
 
-    /// The registered (not unregistering) device named `name`.
+    /// The registered (not unregistering) device named `name` (exact bytes); `None` when
+    /// there is none.
     pub fn device_by_name(&self, name: &str) -> Option<DeviceId> {
         self.devices
             .iter()
@@ -1039,7 +1100,8 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             })
     }
 
-    /// The name of device `dev`.
+    /// The name of device `dev` (at most [`DEVICE_NAME_MAX`] bytes); `None` for a stale
+    /// id. Kept after unregistration completes, until the slot is reused.
     pub fn device_name(&self, dev: DeviceId) -> Option<&str> {
         self.device_slot(dev).map(|d| self.devices[d].name.as_str())
     }
@@ -1071,17 +1133,18 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             self.finish_unregister(d);
             return Ok(true);
         }
-        self.send_request(d);
-        self.devices[d].next_request_ms = self.now_ms.saturating_add(REQUEST_INTERVAL_MS);
+        Self::send_request(&mut self.driver, &mut self.devices[d]);
+        self.devices[d].next_request_ms = self.now_ms.checked_add(REQUEST_INTERVAL_MS);
         Ok(false)
     }
 
-    fn send_request(&mut self, d: usize) {
-        let device = &mut self.devices[d];
+    /// Calls `request(count)` on `device`; `count` wraps at 2^32 like the kernel's
+    /// `unsigned int`.
+    fn send_request(driver: &mut D, device: &mut DeviceSlot<D::State>) {
         let count = device.stats.request_calls;
-        device.stats.request_calls += 1;
+        device.stats.request_calls = count.wrapping_add(1);
         if let Some(state) = device.state.as_mut() {
-            self.driver.request(state, count);
+            driver.request(state, count);
         }
     }
 
@@ -1103,16 +1166,21 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
     }
 
     /// Advances the registry clock by `ms` milliseconds, calling `request` on devices being
-    /// unregistered every [`REQUEST_INTERVAL_MS`].
+    /// unregistered every [`REQUEST_INTERVAL_MS`] (spec/01-core.md §6.3: at t = 0, 10 s,
+    /// 20 s, … after unregistration started), once per interval that elapses.
+    ///
+    /// The clock saturates at `u64::MAX` ms; a request that would fall due after that
+    /// instant never does (a saturated clock must not call `request` without end).
     pub fn advance_time(&mut self, ms: u64) {
         self.now_ms = self.now_ms.saturating_add(ms);
-        for d in 0..self.devices.len() {
-            while self.devices[d].registration == Registration::Unregistering
-                && self.devices[d].next_request_ms <= self.now_ms
+        for device in self.devices.iter_mut() {
+            while device.registration == Registration::Unregistering
+                && device.next_request_ms.is_some_and(|due| due <= self.now_ms)
             {
-                self.send_request(d);
-                let device = &mut self.devices[d];
-                device.next_request_ms = device.next_request_ms.saturating_add(REQUEST_INTERVAL_MS);
+                Self::send_request(&mut self.driver, device);
+                device.next_request_ms = device
+                    .next_request_ms
+                    .and_then(|due| due.checked_add(REQUEST_INTERVAL_MS));
             }
         }
     }
@@ -1134,7 +1202,7 @@ impl<'s, I: Iommu, M: HostMemory, D: BusDriver> Vfio<'s, I, M, D> {
             })
     }
 
-    /// The IOMMU group of device `dev`.
+    /// The IOMMU group of device `dev`; `None` for a stale id.
     pub fn device_group(&self, dev: DeviceId) -> Option<GroupId> {
         self.device_slot(dev)
             .map(|d| self.groups[self.devices[d].group as usize].id)

@@ -347,3 +347,26 @@ fn device_ioctls_see_the_callers_group_files_for_ownership_proof() {
     );
     assert_eq!(vfio.ioctl(d, 0x3b7f, Arg::None), Err(Errno::ENOTTY));
 }
+
+#[test]
+fn a_saturated_clock_stops_requesting_instead_of_looping() {
+    registry!(vfio, files = 8);
+    let dev = vfio.register_device("0000:01:00.0", 1, 0).unwrap();
+    let (_c, g) = attach(&mut vfio, 1);
+    let d = vfio.group_get_device_fd(g, b"0000:01:00.0\0").unwrap();
+    assert_eq!(vfio.unregister_device(dev), Ok(false));
+    assert_eq!(vfio.device_stats(dev).map(|s| s.request_calls), Some(1));
+    vfio.advance_time(REQUEST_INTERVAL_MS);
+    assert_eq!(vfio.device_stats(dev).map(|s| s.request_calls), Some(2));
+    // Near the end of the clock: the requests due at u64::MAX - 10 s and u64::MAX are
+    // made; the next one would fall due past u64::MAX and never does, however often the
+    // saturated clock is advanced.
+    vfio.now_ms = u64::MAX - 2 * REQUEST_INTERVAL_MS;
+    vfio.devices[0].next_request_ms = Some(u64::MAX - REQUEST_INTERVAL_MS);
+    vfio.advance_time(u64::MAX);
+    assert_eq!(vfio.device_stats(dev).map(|s| s.request_calls), Some(4));
+    vfio.advance_time(u64::MAX);
+    assert_eq!(vfio.device_stats(dev).map(|s| s.request_calls), Some(4));
+    vfio.close(d).unwrap();
+    assert_eq!(vfio.device_registration(dev), Some(Registration::Gone));
+}
