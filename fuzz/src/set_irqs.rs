@@ -10,8 +10,8 @@ use vfio_core::Errno;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::sim::{
-    assign, check_clean, check_machine, corpus_functions, primary_bdf, single_function_machine,
-    with_registry, Cursor,
+    assign_first, check_clean, check_container, close_freeing_vectors, corpus_functions,
+    primary_bdf, single_function_machine, with_registry, Cursor,
 };
 
 /// Flag combinations worth trying often (one data type, one action).
@@ -51,10 +51,7 @@ pub fn set_irqs(data: &[u8]) {
     };
     let events = sim.events();
     with_registry(&sim, |vfio, registered| {
-        let Some(&(bdf, group, _)) = registered.first() else {
-            return;
-        };
-        let Ok(handles) = assign(vfio, group, &bdf.to_string(), false) else {
+        let Some(handles) = assign_first(vfio, registered) else {
             return;
         };
         let device = handles.device;
@@ -162,24 +159,9 @@ pub fn set_irqs(data: &[u8]) {
                     .expect("device file open");
                 }
             }
-            let entries = vfio
-                .container_mappings(handles.container)
-                .map(Iterator::collect::<Vec<_>>)
-                .unwrap_or_default();
-            check_machine(&sim, &entries);
+            check_container(&sim, vfio, handles.container);
         }
-        for fd in [handles.device, handles.group, handles.container] {
-            assert_eq!(vfio.close(fd), Ok(()));
-        }
-        let vectors = sim
-            .function(primary_bdf())
-            .map(|f| f.host_vectors())
-            .unwrap_or_default();
-        assert_eq!(
-            vectors,
-            Default::default(),
-            "closing the device frees every host vector"
-        );
+        close_freeing_vectors(&sim, vfio, &handles);
     });
     check_clean(&sim);
 }

@@ -260,6 +260,49 @@ pub fn assign(
     })
 }
 
+/// Assigns the first registered device (Type1v2) through [`assign`]; `None`
+/// when nothing is registered or the assignment fails.
+pub fn assign_first(
+    vfio: &mut Registry<'_>,
+    registered: &[(Bdf, GroupId, DeviceId)],
+) -> Option<Assigned> {
+    let &(bdf, group, _) = registered.first()?;
+    assign(vfio, group, &bdf.to_string(), false).ok()
+}
+
+/// Closes the device, group and container of `handles` (each close must
+/// succeed), then checks that the primary function has no host vector left.
+///
+/// # Panics
+/// When a close fails or a host vector is left.
+pub fn close_freeing_vectors(sim: &SimMachine, vfio: &mut Registry<'_>, handles: &Assigned) {
+    for fd in [handles.device, handles.group, handles.container] {
+        assert_eq!(vfio.close(fd), Ok(()));
+    }
+    let vectors = sim
+        .function(primary_bdf())
+        .map(|f| f.host_vectors())
+        .unwrap_or_default();
+    assert_eq!(
+        vectors,
+        Default::default(),
+        "closing the device frees every host vector"
+    );
+}
+
+/// [`check_machine`] against the DMA entries of `container` (none when it is
+/// not an open container).
+///
+/// # Panics
+/// When an invariant does not hold.
+pub fn check_container(sim: &SimMachine, vfio: &Registry<'_>, container: Fd) {
+    let entries = vfio
+        .container_mappings(container)
+        .map(Iterator::collect::<Vec<_>>)
+        .unwrap_or_default();
+    check_machine(sim, &entries);
+}
+
 /// The machine-wide safety invariants, checked after every harness step.
 ///
 /// * the core never misused the platform contract (`SimMachine::violations`);
