@@ -573,6 +573,31 @@ fn counts<D: BusDriver>(driver: &mut D, state: &mut D::State) -> Result<(u32, u3
     Ok((info.num_regions, info.num_irqs))
 }
 
+/// One SET_IRQS on the typed path: the generic validation against the device's counts,
+/// then the driver (`payload`: the bytes after the header).
+pub(crate) fn typed_set_irqs<D: BusDriver>(
+    driver: &mut D,
+    state: &mut D::State,
+    header: &vfio_core::uapi::IrqSet,
+    payload: &[u8],
+) -> Result<i64> {
+    let (_, num_irqs) = counts(driver, state)?;
+    let num = if header.index < num_irqs {
+        driver.irq_info(state, header.index).map_or(0, |i| i.count)
+    } else {
+        0
+    };
+    let size = validate_irq_set(header, num, num_irqs)?;
+    let payload = payload.get(..size).ok_or(Errno::EFAULT)?;
+    let request = IrqSetRequest {
+        flags: header.flags,
+        index: header.index,
+        start: header.start,
+        count: header.count,
+    };
+    driver.set_irqs(state, &request, payload).map(i64::from)
+}
+
 fn typed_device<I: Iommu, M: HostMemory, D: BusDriver>(
     vfio: &mut Vfio<'_, I, M, D>,
     fd: Fd,
@@ -650,23 +675,9 @@ fn typed_device<I: Iommu, M: HostMemory, D: BusDriver>(
                 start: get32(buf, 12)?,
                 count: get32(buf, 16)?,
             };
-            let data: &[u8] = buf;
+            let payload: &[u8] = &buf[20..];
             vfio.with_device(fd, |driver, state| {
-                let (_, num_irqs) = counts(driver, state)?;
-                let num = if header.index < num_irqs {
-                    driver.irq_info(state, header.index).map_or(0, |i| i.count)
-                } else {
-                    0
-                };
-                let size = validate_irq_set(&header, num, num_irqs)?;
-                let payload = data.get(20..20 + size).ok_or(Errno::EFAULT)?;
-                let request = IrqSetRequest {
-                    flags: header.flags,
-                    index: header.index,
-                    start: header.start,
-                    count: header.count,
-                };
-                driver.set_irqs(state, &request, payload).map(i64::from)
+                typed_set_irqs(driver, state, &header, payload)
             })
         }
         req::DEVICE_RESET => vfio.with_device(fd, |driver, state| driver.reset(state).map(|()| 0)),

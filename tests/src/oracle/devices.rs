@@ -52,7 +52,7 @@ use serde_json::Value;
 use vfio_core::pci::{PciDevice, PciDriver};
 use vfio_core::platform::{AffectedFunction, BarKind, BarResource, Bdf, ResetMethod};
 use vfio_core::uapi::{self, ioctl, irq_set_flags};
-use vfio_core::vfio::{validate_irq_set, BusDriver, CapChain, FdResolver, FdTarget, IrqSetRequest};
+use vfio_core::vfio::{BusDriver, FdResolver, FdTarget};
 use vfio_core::{Era, Errno};
 
 use super::device_path::{session, DevPath};
@@ -599,32 +599,6 @@ fn set_irqs(path: &mut dyn DevPath, step: &Value) -> Result<i64, Errno> {
         hexdata(step)
     };
     path.set_irqs(&hdr, &data)
-}
-
-/// One SET_IRQS on the typed path as the registry performs it: generic validation, the
-/// driver (`data`: the payload after the header).
-pub(crate) fn typed_set_irqs(
-    driver: &mut Driver,
-    dev: &mut PciDevice<i32>,
-    hdr: &uapi::IrqSet,
-    data: &[u8],
-) -> Result<i64, Errno> {
-    let mut scratch = [0u8; 256];
-    let info = driver.device_info(dev, &mut CapChain::new(&mut scratch))?;
-    let num = if hdr.index < info.num_irqs {
-        driver.irq_info(dev, hdr.index).map_or(0, |i| i.count)
-    } else {
-        0
-    };
-    let size = validate_irq_set(hdr, num, info.num_irqs)?;
-    let data = data.get(..size).ok_or(Errno::EFAULT)?;
-    let req = IrqSetRequest {
-        flags: hdr.flags,
-        index: hdr.index,
-        start: hdr.start,
-        count: hdr.count,
-    };
-    driver.set_irqs(dev, &req, data).map(i64::from)
 }
 
 /// Replays the SET_IRQS steps of `section` (`set_irqs` or `msix_dynamic`).
