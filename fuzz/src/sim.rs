@@ -70,28 +70,27 @@ impl<'a> Cursor<'a> {
         rest == 0
     }
 
+    /// The next `N` bytes, zero-padded past the end of the input.
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut b = [0u8; N];
+        let got = self.bytes(N);
+        b[..got.len()].copy_from_slice(got);
+        b
+    }
+
     /// The next little-endian `u16`.
     pub fn u16(&mut self) -> u16 {
-        let mut b = [0u8; 2];
-        let got = self.bytes(2);
-        b[..got.len()].copy_from_slice(got);
-        u16::from_le_bytes(b)
+        u16::from_le_bytes(self.array())
     }
 
     /// The next little-endian `u32`.
     pub fn u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        let got = self.bytes(4);
-        b[..got.len()].copy_from_slice(got);
-        u32::from_le_bytes(b)
+        u32::from_le_bytes(self.array())
     }
 
     /// The next little-endian `u64`.
     pub fn u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        let got = self.bytes(8);
-        b[..got.len()].copy_from_slice(got);
-        u64::from_le_bytes(b)
+        u64::from_le_bytes(self.array())
     }
 
     /// A `u64` biased towards the values that matter for address arithmetic:
