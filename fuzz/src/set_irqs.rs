@@ -7,11 +7,11 @@ use vfio_core::abi::Arg;
 use vfio_core::uapi::{self, ioctl, irq_set_flags};
 use vfio_core::vfio::validate_irq_set;
 use vfio_core::Errno;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::sim::{
     assign_first, check_clean, check_container, close_freeing_vectors, corpus_functions,
-    primary_bdf, single_function_machine, with_registry, Cursor,
+    irq_counts, primary_bdf, single_function_machine, with_registry, Cursor,
 };
 
 /// Flag combinations worth trying often (one data type, one action).
@@ -55,21 +55,7 @@ pub fn set_irqs(data: &[u8]) {
             return;
         };
         let device = handles.device;
-        let mut counts = [0u32; 6];
-        for (index, count) in counts.iter_mut().enumerate() {
-            let info = uapi::IrqInfo {
-                argsz: 16,
-                index: index as u32,
-                ..Default::default()
-            };
-            let mut bytes = info.as_bytes().to_vec();
-            if vfio
-                .ioctl(device, ioctl::DEVICE_GET_IRQ_INFO, Arg::Buffer(&mut bytes))
-                .is_ok()
-            {
-                *count = uapi::IrqInfo::read_from_bytes(&bytes).map_or(0, |i| i.count);
-            }
-        }
+        let counts: [u32; 6] = irq_counts(vfio, device);
         let mut steps = 0;
         while !input.is_empty() && steps < 48 {
             steps += 1;

@@ -10,7 +10,7 @@ use vfio_core::abi::Arg;
 use vfio_core::pci::{PciDevice, PciDriver};
 use vfio_core::platform::{Bdf, GroupId, Prot};
 use vfio_core::type1::DmaEntry;
-use vfio_core::uapi::{extension, ioctl};
+use vfio_core::uapi::{self, extension, ioctl};
 use vfio_core::vfio::{
     Config, ContainerSlot, DeviceId, DeviceSlot, Fd, FileSlot, GroupSlot, Storage, Vfio,
 };
@@ -18,6 +18,7 @@ use vfio_core::Errno;
 use vfio_sim::{
     corpus, Binding, SimEvent, SimEvents, SimFunction, SimIommu, SimMachine, SimMemory, SimPci,
 };
+use zerocopy::{FromBytes, IntoBytes};
 
 /// The bus driver the harnesses use: vfio-pci over the simulated machine.
 pub type Driver = PciDriver<SimPci, SimEvents>;
@@ -257,6 +258,27 @@ pub fn assign(
         group: group_fd,
         device,
     })
+}
+
+/// The vector count GET_IRQ_INFO reports for each of the indexes `0..N` of
+/// `device` (0 where it refuses).
+pub fn irq_counts<const N: usize>(vfio: &mut Registry<'_>, device: Fd) -> [u32; N] {
+    let mut counts = [0u32; N];
+    for (index, count) in counts.iter_mut().enumerate() {
+        let info = uapi::IrqInfo {
+            argsz: 16,
+            index: index as u32,
+            ..Default::default()
+        };
+        let mut bytes = info.as_bytes().to_vec();
+        if vfio
+            .ioctl(device, ioctl::DEVICE_GET_IRQ_INFO, Arg::Buffer(&mut bytes))
+            .is_ok()
+        {
+            *count = uapi::IrqInfo::read_from_bytes(&bytes).map_or(0, |i| i.count);
+        }
+    }
+    counts
 }
 
 /// Assigns the first registered device (Type1v2) through [`assign`]; `None`
