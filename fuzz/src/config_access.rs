@@ -8,8 +8,8 @@ use vfio_core::uapi::region_index;
 use vfio_sim::SimMachine;
 
 use crate::sim::{
-    assign, check_machine, corpus_functions, primary_bdf, single_function_machine, with_registry,
-    Cursor, Registry,
+    assign_first, check_container, corpus_functions, primary_bdf, single_function_machine,
+    with_registry, Cursor, Registry,
 };
 
 /// Byte offset of the CONFIG region in the device file.
@@ -210,10 +210,7 @@ pub fn run_image(function: vfio_sim::SimFunction, input: &mut Cursor<'_>) {
         return;
     };
     with_registry(&sim, |vfio, registered| {
-        let Some(&(bdf, group, _)) = registered.first() else {
-            return;
-        };
-        let Ok(handles) = assign(vfio, group, &bdf.to_string(), false) else {
+        let Some(handles) = assign_first(vfio, registered) else {
             return;
         };
         let baseline = physical_config(&sim);
@@ -251,11 +248,7 @@ pub fn run_image(function: vfio_sim::SimFunction, input: &mut Cursor<'_>) {
             } else {
                 checked_write(&sim, vfio, handles.device, &baseline, offset, &bytes);
             }
-            let entries = vfio
-                .container_mappings(handles.container)
-                .map(Iterator::collect::<Vec<_>>)
-                .unwrap_or_default();
-            check_machine(&sim, &entries);
+            check_container(&sim, vfio, handles.container);
         }
     });
 }

@@ -11,8 +11,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::config_access::{checked_write, CONFIG_REGION};
 use crate::sim::{
-    assign, check_clean, check_machine, corpus_images, primary_bdf, single_function_machine,
-    with_registry, Cursor,
+    assign_first, check_clean, check_container, close_freeing_vectors, corpus_images, irq_counts,
+    primary_bdf, single_function_machine, with_registry, Cursor,
 };
 
 /// Builds the hostile image described by `input`: a base (a corpus image, all
@@ -74,10 +74,7 @@ pub fn hostile_device(data: &[u8]) {
         return;
     };
     with_registry(&sim, |vfio, registered| {
-        let Some(&(bdf, group, _)) = registered.first() else {
-            return;
-        };
-        let Ok(handles) = assign(vfio, group, &bdf.to_string(), false) else {
+        let Some(handles) = assign_first(vfio, registered) else {
             return;
         };
         let device = handles.device;
@@ -111,21 +108,7 @@ pub fn hostile_device(data: &[u8]) {
                 check_region_caps(&buf, &region);
             }
         }
-        let mut counts = [0u32; 5];
-        for (index, count) in counts.iter_mut().enumerate() {
-            let irq = uapi::IrqInfo {
-                argsz: 16,
-                index: index as u32,
-                ..Default::default()
-            };
-            let mut bytes = irq.as_bytes().to_vec();
-            if vfio
-                .ioctl(device, ioctl::DEVICE_GET_IRQ_INFO, Arg::Buffer(&mut bytes))
-                .is_ok()
-            {
-                *count = uapi::IrqInfo::read_from_bytes(&bytes).map_or(0, |i| i.count);
-            }
-        }
+        let counts: [u32; 5] = irq_counts(vfio, device);
         // Whole config space, in every width.
         let size = sim
             .function(primary_bdf())
@@ -185,23 +168,8 @@ pub fn hostile_device(data: &[u8]) {
             checked_write(&sim, vfio, device, &baseline, offset, &bytes);
         }
         let _ = vfio.ioctl(device, ioctl::DEVICE_RESET, Arg::None);
-        let entries = vfio
-            .container_mappings(handles.container)
-            .map(Iterator::collect::<Vec<_>>)
-            .unwrap_or_default();
-        check_machine(&sim, &entries);
-        for fd in [handles.device, handles.group, handles.container] {
-            assert_eq!(vfio.close(fd), Ok(()));
-        }
-        let vectors = sim
-            .function(primary_bdf())
-            .map(|f| f.host_vectors())
-            .unwrap_or_default();
-        assert_eq!(
-            vectors,
-            Default::default(),
-            "closing the device frees every host vector"
-        );
+        check_container(&sim, vfio, handles.container);
+        close_freeing_vectors(&sim, vfio, &handles);
     });
     check_clean(&sim);
 }

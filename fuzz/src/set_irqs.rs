@@ -7,11 +7,11 @@ use vfio_core::abi::Arg;
 use vfio_core::uapi::{self, ioctl, irq_set_flags};
 use vfio_core::vfio::validate_irq_set;
 use vfio_core::Errno;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 use crate::sim::{
-    assign, check_clean, check_machine, corpus_functions, primary_bdf, single_function_machine,
-    with_registry, Cursor,
+    assign_first, check_clean, check_container, close_freeing_vectors, corpus_functions,
+    irq_counts, primary_bdf, single_function_machine, with_registry, Cursor,
 };
 
 /// Flag combinations worth trying often (one data type, one action).
@@ -51,28 +51,11 @@ pub fn set_irqs(data: &[u8]) {
     };
     let events = sim.events();
     with_registry(&sim, |vfio, registered| {
-        let Some(&(bdf, group, _)) = registered.first() else {
-            return;
-        };
-        let Ok(handles) = assign(vfio, group, &bdf.to_string(), false) else {
+        let Some(handles) = assign_first(vfio, registered) else {
             return;
         };
         let device = handles.device;
-        let mut counts = [0u32; 6];
-        for (index, count) in counts.iter_mut().enumerate() {
-            let info = uapi::IrqInfo {
-                argsz: 16,
-                index: index as u32,
-                ..Default::default()
-            };
-            let mut bytes = info.as_bytes().to_vec();
-            if vfio
-                .ioctl(device, ioctl::DEVICE_GET_IRQ_INFO, Arg::Buffer(&mut bytes))
-                .is_ok()
-            {
-                *count = uapi::IrqInfo::read_from_bytes(&bytes).map_or(0, |i| i.count);
-            }
-        }
+        let counts: [u32; 6] = irq_counts(vfio, device);
         let mut steps = 0;
         while !input.is_empty() && steps < 48 {
             steps += 1;
@@ -162,24 +145,9 @@ pub fn set_irqs(data: &[u8]) {
                     .expect("device file open");
                 }
             }
-            let entries = vfio
-                .container_mappings(handles.container)
-                .map(Iterator::collect::<Vec<_>>)
-                .unwrap_or_default();
-            check_machine(&sim, &entries);
+            check_container(&sim, vfio, handles.container);
         }
-        for fd in [handles.device, handles.group, handles.container] {
-            assert_eq!(vfio.close(fd), Ok(()));
-        }
-        let vectors = sim
-            .function(primary_bdf())
-            .map(|f| f.host_vectors())
-            .unwrap_or_default();
-        assert_eq!(
-            vectors,
-            Default::default(),
-            "closing the device frees every host vector"
-        );
+        close_freeing_vectors(&sim, vfio, &handles);
     });
     check_clean(&sim);
 }

@@ -10,7 +10,7 @@ use vfio_core::abi::Arg;
 use vfio_core::pci::{PciDevice, PciDriver};
 use vfio_core::platform::{Bdf, GroupId, Prot};
 use vfio_core::type1::DmaEntry;
-use vfio_core::uapi::{extension, ioctl};
+use vfio_core::uapi::{self, extension, ioctl};
 use vfio_core::vfio::{
     Config, ContainerSlot, DeviceId, DeviceSlot, Fd, FileSlot, GroupSlot, Storage, Vfio,
 };
@@ -18,6 +18,7 @@ use vfio_core::Errno;
 use vfio_sim::{
     corpus, Binding, SimEvent, SimEvents, SimFunction, SimIommu, SimMachine, SimMemory, SimPci,
 };
+use zerocopy::{FromBytes, IntoBytes};
 
 /// The bus driver the harnesses use: vfio-pci over the simulated machine.
 pub type Driver = PciDriver<SimPci, SimEvents>;
@@ -70,28 +71,27 @@ impl<'a> Cursor<'a> {
         rest == 0
     }
 
+    /// The next `N` bytes, zero-padded past the end of the input.
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut b = [0u8; N];
+        let got = self.bytes(N);
+        b[..got.len()].copy_from_slice(got);
+        b
+    }
+
     /// The next little-endian `u16`.
     pub fn u16(&mut self) -> u16 {
-        let mut b = [0u8; 2];
-        let got = self.bytes(2);
-        b[..got.len()].copy_from_slice(got);
-        u16::from_le_bytes(b)
+        u16::from_le_bytes(self.array())
     }
 
     /// The next little-endian `u32`.
     pub fn u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        let got = self.bytes(4);
-        b[..got.len()].copy_from_slice(got);
-        u32::from_le_bytes(b)
+        u32::from_le_bytes(self.array())
     }
 
     /// The next little-endian `u64`.
     pub fn u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        let got = self.bytes(8);
-        b[..got.len()].copy_from_slice(got);
-        u64::from_le_bytes(b)
+        u64::from_le_bytes(self.array())
     }
 
     /// A `u64` biased towards the values that matter for address arithmetic:
@@ -258,6 +258,70 @@ pub fn assign(
         group: group_fd,
         device,
     })
+}
+
+/// The vector count GET_IRQ_INFO reports for each of the indexes `0..N` of
+/// `device` (0 where it refuses).
+pub fn irq_counts<const N: usize>(vfio: &mut Registry<'_>, device: Fd) -> [u32; N] {
+    let mut counts = [0u32; N];
+    for (index, count) in counts.iter_mut().enumerate() {
+        let info = uapi::IrqInfo {
+            argsz: 16,
+            index: index as u32,
+            ..Default::default()
+        };
+        let mut bytes = info.as_bytes().to_vec();
+        if vfio
+            .ioctl(device, ioctl::DEVICE_GET_IRQ_INFO, Arg::Buffer(&mut bytes))
+            .is_ok()
+        {
+            *count = uapi::IrqInfo::read_from_bytes(&bytes).map_or(0, |i| i.count);
+        }
+    }
+    counts
+}
+
+/// Assigns the first registered device (Type1v2) through [`assign`]; `None`
+/// when nothing is registered or the assignment fails.
+pub fn assign_first(
+    vfio: &mut Registry<'_>,
+    registered: &[(Bdf, GroupId, DeviceId)],
+) -> Option<Assigned> {
+    let &(bdf, group, _) = registered.first()?;
+    assign(vfio, group, &bdf.to_string(), false).ok()
+}
+
+/// Closes the device, group and container of `handles` (each close must
+/// succeed), then checks that the primary function has no host vector left.
+///
+/// # Panics
+/// When a close fails or a host vector is left.
+pub fn close_freeing_vectors(sim: &SimMachine, vfio: &mut Registry<'_>, handles: &Assigned) {
+    for fd in [handles.device, handles.group, handles.container] {
+        assert_eq!(vfio.close(fd), Ok(()));
+    }
+    let vectors = sim
+        .function(primary_bdf())
+        .map(|f| f.host_vectors())
+        .unwrap_or_default();
+    assert_eq!(
+        vectors,
+        Default::default(),
+        "closing the device frees every host vector"
+    );
+}
+
+/// [`check_machine`] against the DMA entries of `container` (none when it is
+/// not an open container).
+///
+/// # Panics
+/// When an invariant does not hold.
+pub fn check_container(sim: &SimMachine, vfio: &Registry<'_>, container: Fd) {
+    let entries = vfio
+        .container_mappings(container)
+        .map(Iterator::collect::<Vec<_>>)
+        .unwrap_or_default();
+    check_machine(sim, &entries);
 }
 
 /// The machine-wide safety invariants, checked after every harness step.

@@ -13,44 +13,34 @@ fn pairs(c: &mut Criterion) {
     let mut project = Project::new(&mut storage);
     let mut reference = Reference::default();
     for live in [1024usize, 16384, 65535] {
-        let mut w = Workload::new(live, 7);
-        w.fill(&mut project);
-        c.bench_function(&format!("project map+unmap {live}"), |b| {
-            b.iter(|| w.pair(&mut project))
-        });
-        project.unmap_all().expect("unmap all");
-        let mut w = Workload::new(live, 7);
-        w.fill(&mut reference);
-        c.bench_function(&format!("btreemap map+unmap {live}"), |b| {
-            b.iter(|| w.pair(&mut reference))
-        });
-        reference.unmap_all().expect("unmap all");
+        let trackers: [(&str, &mut dyn Tracker); 2] =
+            [("project", &mut project), ("btreemap", &mut reference)];
+        for (name, t) in trackers {
+            let mut w = Workload::new(live, 7);
+            w.fill(t);
+            c.bench_function(&format!("{name} map+unmap {live}"), |b| {
+                b.iter(|| w.pair(t))
+            });
+            t.unmap_all().expect("unmap all");
+        }
     }
     let w = Workload::new(65535, 9);
-    c.bench_function("project unmap all 65535", |b| {
-        b.iter_custom(|iters| {
-            let mut total = std::time::Duration::ZERO;
-            for _ in 0..iters {
-                w.fill(&mut project);
-                let start = std::time::Instant::now();
-                project.unmap_all().expect("unmap all");
-                total += start.elapsed();
-            }
-            total
-        })
-    });
-    c.bench_function("btreemap unmap all 65535", |b| {
-        b.iter_custom(|iters| {
-            let mut total = std::time::Duration::ZERO;
-            for _ in 0..iters {
-                w.fill(&mut reference);
-                let start = std::time::Instant::now();
-                reference.unmap_all().expect("unmap all");
-                total += start.elapsed();
-            }
-            total
-        })
-    });
+    let trackers: [(&str, &mut dyn Tracker); 2] =
+        [("project", &mut project), ("btreemap", &mut reference)];
+    for (name, t) in trackers {
+        c.bench_function(&format!("{name} unmap all 65535"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    w.fill(t);
+                    let start = std::time::Instant::now();
+                    t.unmap_all().expect("unmap all");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
 }
 
 /// MAP then UNMAP of one 1 GiB + 2 MiB entry on the simulated machine (2 MiB IOMMU

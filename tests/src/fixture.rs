@@ -559,8 +559,6 @@ struct IommuState {
     domains: BTreeMap<DomainId, DomainState>,
     next_domain: DomainId,
     ops_names: Vec<String>,
-    domains_allocated: u64,
-    domains_freed: u64,
 }
 
 impl IommuState {
@@ -641,15 +639,6 @@ impl FixtureIommu {
         Some(self.0.borrow().groups.get(&gid)?.devices[idx].1)
     }
 
-    /// Whether `group`'s DMA ownership is currently claimed.
-    pub fn is_claimed(&self, group: GroupId) -> bool {
-        self.0
-            .borrow()
-            .groups
-            .get(&group)
-            .is_some_and(|g| g.claimed)
-    }
-
     /// The domain `group` is attached to, if any.
     pub fn domain_of(&self, group: GroupId) -> Option<DomainId> {
         self.0
@@ -666,32 +655,6 @@ impl FixtureIommu {
         let d = st.domains.get(&domain)?;
         let (start, (len, phys, _)) = d.extents.range(..=iova).next_back()?;
         (iova - start < *len).then(|| phys + (iova - start))
-    }
-
-    /// Number of live domains.
-    pub fn live_domains(&self) -> usize {
-        self.0.borrow().domains.len()
-    }
-
-    /// `(allocated, freed)` domain counts since the fixture was built.
-    pub fn domain_counters(&self) -> (u64, u64) {
-        let st = self.0.borrow();
-        (st.domains_allocated, st.domains_freed)
-    }
-
-    /// Mapped extents of `domain` as `(iova, len, phys)`, ascending.
-    pub fn domain_extents(&self, domain: DomainId) -> Vec<(u64, u64, u64)> {
-        self.0
-            .borrow()
-            .domains
-            .get(&domain)
-            .map(|d| {
-                d.extents
-                    .iter()
-                    .map(|(i, (l, p, _))| (*i, *l, *p))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
@@ -771,15 +734,11 @@ impl Iommu for FixtureIommu {
                 extents: BTreeMap::new(),
             },
         );
-        st.domains_allocated += 1;
         Ok(info)
     }
 
     fn domain_free(&mut self, domain: DomainId) {
-        let mut st = self.0.borrow_mut();
-        if st.domains.remove(&domain).is_some() {
-            st.domains_freed += 1;
-        }
+        self.0.borrow_mut().domains.remove(&domain);
     }
 
     fn attach(&mut self, domain: DomainId, group: GroupId) -> Result<()> {

@@ -21,3 +21,19 @@ pub mod pci_mock;
 pub mod registry;
 pub mod runner;
 pub mod value;
+
+use std::path::{Path, PathBuf};
+
+/// The files of `dir` whose extension is `ext`, sorted.
+///
+/// # Panics
+/// When `dir` cannot be listed.
+pub fn sorted_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    files
+}

@@ -727,33 +727,6 @@ pub fn build_mock(d: &toml::Table) -> R<MockPci> {
 
 // ---------------------------------------------------------------------------- running
 
-/// Whether a case name belongs to the config/region part of the schema (the rest —
-/// IRQ and lifecycle cases — belongs to another issue).
-pub fn is_config_region_case(name: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "hdr_",
-        "acc_",
-        "pm_",
-        "msi_flags_",
-        "msi_address_",
-        "msi_mask_bits",
-        "msi_enable_bit",
-        "msi_mme_",
-        "msix_control_",
-        "msix_table_and_pba",
-        "pcie_",
-        "b_",
-        "ext_",
-        "devinfo_",
-        "regioninfo_",
-        "bar_",
-        "rom_",
-        "config_region_",
-        "vga_",
-    ];
-    PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
 /// Runs every selected case of a parsed `cases-pci.toml` document.
 pub fn run_pci_doc(doc: &toml::Table, opts: &Options<'_>) -> R<Vec<CaseReport>> {
     let cases = match doc.get("case") {

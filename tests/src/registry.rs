@@ -306,6 +306,16 @@ impl Image {
         bytes[..minsz].copy_from_slice(buf.get(..minsz).ok_or(Errno::EFAULT)?);
         Ok(Image { bytes })
     }
+    /// [`Image::read`], refusing an `argsz` (at 0) below `minsz` with `EINVAL`; the image
+    /// and its `argsz`.
+    fn read_argsz(buf: &[u8], size: usize, minsz: usize) -> Result<(Image, u32)> {
+        let image = Image::read(buf, size, minsz)?;
+        let argsz = image.get32(0);
+        if (argsz as usize) < minsz {
+            return Err(Errno::EINVAL);
+        }
+        Ok((image, argsz))
+    }
     fn set32(&mut self, off: usize, v: u32) {
         self.bytes[off..off + 4].copy_from_slice(&v.to_le_bytes());
     }
@@ -444,11 +454,7 @@ fn typed_container<I: Iommu, M: HostMemory, D: BusDriver>(
     match request {
         req::IOMMU_GET_INFO => {
             // minsz 16, F = 24, write back min(argsz, 24) (spec/02-type1.md §9.1).
-            let mut image = Image::read(buf, 24, 16)?;
-            let argsz = image.get32(0);
-            if argsz < 16 {
-                return Err(Errno::EINVAL);
-            }
+            let (mut image, argsz) = Image::read_argsz(buf, 24, 16)?;
             let mut scratch = vec![0u8; 4096];
             let (flags, pgsizes, len) = type1.info(&mut scratch)?;
             image.set32(4, flags);
@@ -546,10 +552,7 @@ fn typed_group<I: Iommu, M: HostMemory, D: BusDriver>(
 ) -> Result<i64> {
     match request {
         req::GROUP_GET_STATUS => {
-            let mut image = Image::read(buf, 8, 8)?;
-            if image.get32(0) < 8 {
-                return Err(Errno::EINVAL);
-            }
+            let (mut image, _) = Image::read_argsz(buf, 8, 8)?;
             image.set32(4, vfio.group_status(fd)?);
             image.write_back(buf, 8)?;
             Ok(0)
@@ -573,6 +576,31 @@ fn counts<D: BusDriver>(driver: &mut D, state: &mut D::State) -> Result<(u32, u3
     Ok((info.num_regions, info.num_irqs))
 }
 
+/// One SET_IRQS on the typed path: the generic validation against the device's counts,
+/// then the driver (`payload`: the bytes after the header).
+pub(crate) fn typed_set_irqs<D: BusDriver>(
+    driver: &mut D,
+    state: &mut D::State,
+    header: &vfio_core::uapi::IrqSet,
+    payload: &[u8],
+) -> Result<i64> {
+    let (_, num_irqs) = counts(driver, state)?;
+    let num = if header.index < num_irqs {
+        driver.irq_info(state, header.index).map_or(0, |i| i.count)
+    } else {
+        0
+    };
+    let size = validate_irq_set(header, num, num_irqs)?;
+    let payload = payload.get(..size).ok_or(Errno::EFAULT)?;
+    let request = IrqSetRequest {
+        flags: header.flags,
+        index: header.index,
+        start: header.start,
+        count: header.count,
+    };
+    driver.set_irqs(state, &request, payload).map(i64::from)
+}
+
 fn typed_device<I: Iommu, M: HostMemory, D: BusDriver>(
     vfio: &mut Vfio<'_, I, M, D>,
     fd: Fd,
@@ -582,11 +610,7 @@ fn typed_device<I: Iommu, M: HostMemory, D: BusDriver>(
     match request {
         req::DEVICE_GET_INFO => {
             // minsz 16, F = 24, CAPS 0x80, write back min(argsz, 24) (§7.3.1).
-            let mut image = Image::read(buf, 24, 16)?;
-            let argsz = image.get32(0);
-            if argsz < 16 {
-                return Err(Errno::EINVAL);
-            }
+            let (mut image, argsz) = Image::read_argsz(buf, 24, 16)?;
             let mut scratch = vec![0u8; 4096];
             let (info, len) = vfio.with_device(fd, |driver, state| {
                 let mut chain = CapChain::new(&mut scratch);
@@ -605,10 +629,7 @@ fn typed_device<I: Iommu, M: HostMemory, D: BusDriver>(
         req::DEVICE_GET_REGION_INFO => {
             // minsz 32 (cap_offset is the caller's when there are no caps), F = 32,
             // CAPS 0x8, write back 32 (§7.3.2).
-            let mut image = Image::read(buf, 32, 32)?;
-            if image.get32(0) < 32 {
-                return Err(Errno::EINVAL);
-            }
+            let (mut image, _) = Image::read_argsz(buf, 32, 32)?;
             let index = image.get32(8);
             let mut scratch = vec![0u8; 4096];
             let (info, len) = vfio.with_device(fd, |driver, state| {
@@ -650,23 +671,9 @@ fn typed_device<I: Iommu, M: HostMemory, D: BusDriver>(
                 start: get32(buf, 12)?,
                 count: get32(buf, 16)?,
             };
-            let data: &[u8] = buf;
+            let payload: &[u8] = &buf[20..];
             vfio.with_device(fd, |driver, state| {
-                let (_, num_irqs) = counts(driver, state)?;
-                let num = if header.index < num_irqs {
-                    driver.irq_info(state, header.index).map_or(0, |i| i.count)
-                } else {
-                    0
-                };
-                let size = validate_irq_set(&header, num, num_irqs)?;
-                let payload = data.get(20..20 + size).ok_or(Errno::EFAULT)?;
-                let request = IrqSetRequest {
-                    flags: header.flags,
-                    index: header.index,
-                    start: header.start,
-                    count: header.count,
-                };
-                driver.set_irqs(state, &request, payload).map(i64::from)
+                typed_set_irqs(driver, state, &header, payload)
             })
         }
         req::DEVICE_RESET => vfio.with_device(fd, |driver, state| driver.reset(state).map(|()| 0)),

@@ -906,6 +906,14 @@ impl Done {
         }
     }
 
+    fn out(result: Result<i64>, fields: Fields) -> Done {
+        Done {
+            result,
+            fields,
+            assert: false,
+        }
+    }
+
     fn assert(fields: Fields) -> Done {
         Done {
             result: Ok(0),
@@ -1149,21 +1157,11 @@ impl Ctx<'_> {
                 Done::ret(self.machine.ioctl(fd, request, IoctlArg::None))
             }
             "GROUP_GET_STATUS" => {
-                let fd = self.handle(ops, "fd")?;
-                let argsz = ops.u32_or("argsz", 8)?;
-                let mut buf = buffer((argsz as usize).max(8));
-                w32(&mut buf, 0, argsz);
-                let r = self
-                    .machine
-                    .ioctl(fd, ioctl::GROUP_GET_STATUS, IoctlArg::Buffer(&mut buf));
+                let (r, buf) = self.info_query(ops, ioctl::GROUP_GET_STATUS, 8, false)?;
                 let mut f = Fields::new();
                 put(&mut f, "argsz", rd32(&buf, 0));
                 put(&mut f, "flags", rd32(&buf, 4));
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "GROUP_SET_CONTAINER" => {
                 let fd = self.handle(ops, "fd")?;
@@ -1209,13 +1207,7 @@ impl Ctx<'_> {
                 Done::ret(r)
             }
             "DEVICE_GET_INFO" => {
-                let fd = self.handle(ops, "fd")?;
-                let argsz = ops.u32_or("argsz", 24)?;
-                let mut buf = buffer((argsz as usize).max(24));
-                w32(&mut buf, 0, argsz);
-                let r = self
-                    .machine
-                    .ioctl(fd, ioctl::DEVICE_GET_INFO, IoctlArg::Buffer(&mut buf));
+                let (r, buf) = self.info_query(ops, ioctl::DEVICE_GET_INFO, 24, false)?;
                 let mut f = Fields::new();
                 for (name, off) in [
                     ("argsz", 0),
@@ -1227,24 +1219,10 @@ impl Ctx<'_> {
                     put(&mut f, name, rd32(&buf, off));
                 }
                 self.caps_field(&mut f, &buf, CapSpace::Device, r.is_ok())?;
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "DEVICE_GET_REGION_INFO" => {
-                let fd = self.handle(ops, "fd")?;
-                let index = ops.u32("index")?;
-                let argsz = ops.u32_or("argsz", 32)?;
-                let mut buf = buffer((argsz as usize).max(32));
-                w32(&mut buf, 0, argsz);
-                w32(&mut buf, 8, index);
-                let r = self.machine.ioctl(
-                    fd,
-                    ioctl::DEVICE_GET_REGION_INFO,
-                    IoctlArg::Buffer(&mut buf),
-                );
+                let (r, buf) = self.info_query(ops, ioctl::DEVICE_GET_REGION_INFO, 32, true)?;
                 let mut f = Fields::new();
                 for (name, off) in [("argsz", 0), ("flags", 4), ("index", 8), ("cap_offset", 12)] {
                     put(&mut f, name, rd32(&buf, off));
@@ -1252,31 +1230,15 @@ impl Ctx<'_> {
                 put(&mut f, "size", rd64(&buf, 16));
                 put(&mut f, "offset", rd64(&buf, 24));
                 self.caps_field(&mut f, &buf, CapSpace::Region, r.is_ok())?;
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "DEVICE_GET_IRQ_INFO" => {
-                let fd = self.handle(ops, "fd")?;
-                let index = ops.u32("index")?;
-                let argsz = ops.u32_or("argsz", 16)?;
-                let mut buf = buffer((argsz as usize).max(16));
-                w32(&mut buf, 0, argsz);
-                w32(&mut buf, 8, index);
-                let r =
-                    self.machine
-                        .ioctl(fd, ioctl::DEVICE_GET_IRQ_INFO, IoctlArg::Buffer(&mut buf));
+                let (r, buf) = self.info_query(ops, ioctl::DEVICE_GET_IRQ_INFO, 16, true)?;
                 let mut f = Fields::new();
                 for (name, off) in [("argsz", 0), ("flags", 4), ("index", 8), ("count", 12)] {
                     put(&mut f, name, rd32(&buf, off));
                 }
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "SET_IRQS_VALIDATE" => {
                 let num_irqs = ops.u32("num_irqs")?;
@@ -1295,31 +1257,17 @@ impl Ctx<'_> {
                 if let Ok(size) = r {
                     put(&mut f, "data_size", Some(size as u64));
                 }
-                Done {
-                    result: r.map(|_| 0),
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r.map(|_| 0), f)
             }
             "IOMMU_GET_INFO" => {
-                let fd = self.handle(ops, "fd")?;
-                let argsz = ops.u32_or("argsz", 24)?;
-                let mut buf = buffer((argsz as usize).max(24));
-                w32(&mut buf, 0, argsz);
-                let r = self
-                    .machine
-                    .ioctl(fd, ioctl::IOMMU_GET_INFO, IoctlArg::Buffer(&mut buf));
+                let (r, buf) = self.info_query(ops, ioctl::IOMMU_GET_INFO, 24, false)?;
                 let mut f = Fields::new();
                 put(&mut f, "argsz", rd32(&buf, 0));
                 put(&mut f, "flags", rd32(&buf, 4));
                 put(&mut f, "iova_pgsizes", rd64(&buf, 8));
                 put(&mut f, "cap_offset", rd32(&buf, 16));
                 self.caps_field(&mut f, &buf, CapSpace::Type1, r.is_ok())?;
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "MAP_DMA" => {
                 let fd = self.handle(ops, "fd")?;
@@ -1366,11 +1314,7 @@ impl Ctx<'_> {
                 if let Some((_, size)) = bitmap {
                     f.insert("bitmap".into(), bitmap_words(&buf, size));
                 }
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "DIRTY_PAGES" => {
                 let fd = self.handle(ops, "fd")?;
@@ -1404,11 +1348,7 @@ impl Ctx<'_> {
                 if let Some((_, bsize)) = bitmap {
                     f.insert("bitmap".into(), bitmap_words(&buf, bsize));
                 }
-                Done {
-                    result: r,
-                    fields: f,
-                    assert: false,
-                }
+                Done::out(r, f)
             }
             "HOST_BIND_DRIVER" => {
                 let device = ops.str("device")?;
@@ -1516,6 +1456,32 @@ impl Ctx<'_> {
     }
 
     /// GET_API_VERSION-like ioctls: a handle and an optional integer argument.
+    /// A `GET_*INFO`/`GET_STATUS` query: operands `fd`, `index` (where `indexed`, written
+    /// at offset 8) and `argsz` (default `size`, written at 0) into a buffer of at least
+    /// `size` bytes; the result and the buffer the ioctl wrote back.
+    fn info_query(
+        &mut self,
+        ops: &mut Operands<'_>,
+        request: u32,
+        size: u32,
+        indexed: bool,
+    ) -> StepResult<(Result<i64>, Vec<u8>)> {
+        let fd = self.handle(ops, "fd")?;
+        let index = if indexed {
+            Some(ops.u32("index")?)
+        } else {
+            None
+        };
+        let argsz = ops.u32_or("argsz", size)?;
+        let mut buf = buffer(argsz.max(size) as usize);
+        w32(&mut buf, 0, argsz);
+        if let Some(index) = index {
+            w32(&mut buf, 8, index);
+        }
+        let r = self.machine.ioctl(fd, request, IoctlArg::Buffer(&mut buf));
+        Ok((r, buf))
+    }
+
     fn simple(&mut self, ops: &mut Operands<'_>, request: u32, value: bool) -> StepResult<Done> {
         let fd = self.handle(ops, "fd")?;
         let arg = if value {

@@ -5,24 +5,9 @@
 //! `cargo test -p vfio-tests --test irq_oracle -- --nocapture`
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use vfio_tests::oracle::devices::replay_sections;
-use vfio_tests::oracle::era_of;
-
-fn device_files(era: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("oracle")
-        .join(era)
-        .join("devices");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
-}
+use vfio_tests::oracle::{device_files, era_of};
 
 fn sections(era: &str) {
     let mut sums: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();

@@ -2,23 +2,7 @@
 //! the vfio-pci driver, each with the profile of its kernel era, and requires 0 mismatches
 //! (the hardware-model exclusions are listed by the replayer and not counted).
 
-use std::path::{Path, PathBuf};
-
-use vfio_tests::oracle::{era_of, replay, Tally};
-
-fn device_files(era: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("oracle")
-        .join(era)
-        .join("devices");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
-}
+use vfio_tests::oracle::{device_files, era_of, replay, Tally};
 
 fn replay_all(era: &str) {
     let files = device_files(era);

@@ -4,8 +4,10 @@
 //! and the typed API and the ABI dispatcher agree on the same sequences.
 
 #[allow(dead_code)]
-#[path = "../../fuzz/src/sim.rs"]
-mod sim;
+#[path = "prop_support.rs"]
+mod support;
+
+use support::{machine, sim};
 
 use std::collections::BTreeMap;
 
@@ -14,32 +16,7 @@ use vfio_core::abi::Arg;
 use vfio_core::uapi::{self, ioctl};
 use vfio_core::vfio::{Fd, FileKind};
 use vfio_core::Errno;
-use vfio_sim::{corpus, Binding, SimMachine};
 use zerocopy::{FromBytes, IntoBytes};
-
-/// Group 1: NVMe alone (viable); group 2: GPU + audio bound to a host driver (not
-/// viable); group 3: NIC alone (viable). Group 4 does not exist.
-fn machine() -> SimMachine {
-    let sim = SimMachine::new();
-    for (bdf, file, group) in [
-        ("0000:01:00.0", "1344-5407-micron-3400-nvme.bin", 1),
-        ("0000:02:00.0", "10de-0a65-gt218-geforce210.bin", 2),
-        ("0000:02:00.1", "10de-0be3-gt218-hda.bin", 2),
-        ("0000:03:00.0", "10ec-8168-rtl8111-8168.bin", 3),
-    ] {
-        let bdf = vfio_core::platform::Bdf::parse(bdf).unwrap();
-        sim.add_function(bdf, corpus::load(file).unwrap(), group)
-            .unwrap();
-    }
-    sim.bind_driver(
-        vfio_core::platform::Bdf::parse("0000:02:00.1").unwrap(),
-        Binding::Host,
-    )
-    .unwrap();
-    sim.alloc(sim::GUEST_VADDR, sim::GUEST_LEN, vfio_sim::Backing::Ram)
-        .unwrap();
-    sim
-}
 
 const NAMES: [&str; 4] = [
     "0000:01:00.0",

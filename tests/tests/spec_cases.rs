@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use vfio_tests::registry::{registry_builder, typed_registry_builder};
 use vfio_tests::runner::{run_path, CaseReport, DispatchPath, Options, Totals, Verdict};
+use vfio_tests::sorted_files;
 
 /// Case-id prefixes that must all pass.
 const MUST_PASS: &[&str] = &[
@@ -50,14 +51,7 @@ const MUST_PASS: &[&str] = &[
 const REPORT_ONLY: &[&str] = &[];
 
 fn case_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    files
+    sorted_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("cases"), "toml")
 }
 
 fn has_prefix(r: &CaseReport, prefixes: &[&str]) -> bool {

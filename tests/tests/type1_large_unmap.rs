@@ -6,9 +6,7 @@
 use std::cell::Cell;
 
 use vfio_core::errno::ErrorType;
-use vfio_core::platform::{
-    Bdf, DomainId, DomainInfo, GroupId, GroupInfo, Iommu, Prot, ReservedRegion,
-};
+use vfio_core::platform::{Bdf, DomainId, Iommu};
 use vfio_core::type1::{DmaEntry, DmaMap, MapDma, Type1, Type1Config, UnmapDma};
 use vfio_core::Errno;
 use vfio_sim::{corpus, Backing, SimIommu, SimMachine};
@@ -25,39 +23,7 @@ impl ErrorType for Counting {
 }
 
 impl Iommu for Counting {
-    fn group_info(&self, g: GroupId) -> Option<GroupInfo> {
-        self.inner.group_info(g)
-    }
-    fn group_viable(&self, g: GroupId) -> bool {
-        self.inner.group_viable(g)
-    }
-    fn claim_dma_owner(&mut self, g: GroupId) -> Result<(), Errno> {
-        self.inner.claim_dma_owner(g)
-    }
-    fn release_dma_owner(&mut self, g: GroupId) {
-        self.inner.release_dma_owner(g)
-    }
-    fn domain_alloc(&mut self, g: GroupId) -> Result<DomainInfo, Errno> {
-        self.inner.domain_alloc(g)
-    }
-    fn domain_free(&mut self, d: DomainId) {
-        self.inner.domain_free(d)
-    }
-    fn attach(&mut self, d: DomainId, g: GroupId) -> Result<(), Errno> {
-        self.inner.attach(d, g)
-    }
-    fn detach(&mut self, d: DomainId, g: GroupId) {
-        self.inner.detach(d, g)
-    }
-    fn reserved_region(&self, g: GroupId, i: usize) -> Option<ReservedRegion> {
-        self.inner.reserved_region(g, i)
-    }
-    fn map(&mut self, d: DomainId, iova: u64, phys: u64, len: u64, p: Prot) -> Result<(), Errno> {
-        self.inner.map(d, iova, phys, len, p)
-    }
-    fn unmap(&mut self, d: DomainId, iova: u64, len: u64) -> u64 {
-        self.inner.unmap(d, iova, len)
-    }
+    vfio_tests::forward_iommu!(inner);
     fn iova_to_phys(&self, d: DomainId, iova: u64) -> Option<u64> {
         self.single.set(self.single.get() + 1);
         self.inner.iova_to_phys(d, iova)

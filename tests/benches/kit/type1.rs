@@ -147,6 +147,20 @@ impl<'s> Project<'s> {
     }
 }
 
+impl Project<'_> {
+    /// `VFIO_IOMMU_UNMAP_DMA` with `flags` (0, or 2 for UNMAP ALL), no dirty bitmap.
+    fn unmap_dma(&mut self, flags: u32, iova: u64, size: u64) -> Result<u64> {
+        let request = UnmapDma { flags, iova, size };
+        self.type1.unmap_dma(
+            &mut self.map,
+            &mut self.iommu,
+            &mut self.memory,
+            &request,
+            None,
+        )
+    }
+}
+
 impl Tracker for Project<'_> {
     fn map(&mut self, iova: u64, vaddr: u64, size: u64) -> Result<()> {
         let request = MapDma {
@@ -159,32 +173,10 @@ impl Tracker for Project<'_> {
             .map_dma(&mut self.map, &mut self.iommu, &mut self.memory, &request)
     }
     fn unmap(&mut self, iova: u64, size: u64) -> Result<u64> {
-        let request = UnmapDma {
-            flags: 0,
-            iova,
-            size,
-        };
-        self.type1.unmap_dma(
-            &mut self.map,
-            &mut self.iommu,
-            &mut self.memory,
-            &request,
-            None,
-        )
+        self.unmap_dma(0, iova, size)
     }
     fn unmap_all(&mut self) -> Result<u64> {
-        let request = UnmapDma {
-            flags: 2,
-            iova: 0,
-            size: 0,
-        };
-        self.type1.unmap_dma(
-            &mut self.map,
-            &mut self.iommu,
-            &mut self.memory,
-            &request,
-            None,
-        )
+        self.unmap_dma(2, 0, 0)
     }
     fn lookup(&self, iova: u64) -> Option<u64> {
         self.map

@@ -17,9 +17,10 @@ use vfio_core::vfio::{
 };
 use vfio_core::Errno;
 
-use super::devices::{typed_set_irqs, Driver};
+use super::devices::Driver;
 use crate::fixture::{Env, FixtureIommu, FixtureMemory, FixtureSpec};
 use crate::pci_mock::MOCK_BDF;
+use crate::registry::typed_set_irqs;
 
 /// What `GET_REGION_INFO` answered: flags (with `CAPS` when a chain came back), size,
 /// offset and the `argsz` written back.

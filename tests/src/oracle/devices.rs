@@ -52,7 +52,7 @@ use serde_json::Value;
 use vfio_core::pci::{PciDevice, PciDriver};
 use vfio_core::platform::{AffectedFunction, BarKind, BarResource, Bdf, ResetMethod};
 use vfio_core::uapi::{self, ioctl, irq_set_flags};
-use vfio_core::vfio::{validate_irq_set, BusDriver, CapChain, FdResolver, FdTarget, IrqSetRequest};
+use vfio_core::vfio::{BusDriver, FdResolver, FdTarget};
 use vfio_core::{Era, Errno};
 
 use super::device_path::{session, DevPath};
@@ -259,6 +259,68 @@ fn hex_opt(b: &[Option<u8>]) -> String {
         .collect()
 }
 
+/// The physical bytes an oracle record shows after a write (`phys`: `{offset, data}`;
+/// `default_off` where it names no offset): `(offset, bytes)`.
+fn phys_target(phys: Option<&Value>, default_off: u64) -> (usize, Vec<Option<u8>>) {
+    let poff = phys
+        .and_then(|p| p.get("offset"))
+        .and_then(num)
+        .unwrap_or(default_off) as usize;
+    let ptarget = phys
+        .and_then(|p| p.get("data"))
+        .and_then(Value::as_str)
+        .map(bytes)
+        .unwrap_or_default();
+    (poff, ptarget)
+}
+
+/// Compares the mock's physical bytes at `off` with `target` (as `what`), then
+/// resynchronises them to it.
+fn check_phys(
+    t: &mut Tally,
+    ctx: &str,
+    what: &str,
+    driver: &mut Driver,
+    off: usize,
+    target: &[Option<u8>],
+) {
+    let now: Vec<u8> = (0..target.len())
+        .map(|i| driver.access().cfg.get(off + i).copied().unwrap_or(0))
+        .collect();
+    cmp_bytes(t, ctx, what, target, &now);
+    sync_to(driver, off, target);
+}
+
+/// Checks a read against an oracle record: its result and, where the record has
+/// them, its bytes (`prefix` names the checks: `"{prefix}result"`, `"{prefix}data"`).
+fn check_read(t: &mut Tally, ctx: &str, prefix: &str, want: &Value, got: &Result<Vec<u8>, Errno>) {
+    let result = format!("{prefix}result");
+    t.check(ctx, &result, outcome(want), ours(got, |v| v.len() as i64));
+    if let (Some(d), Ok(g)) = (want.get("data").and_then(Value::as_str), got) {
+        cmp_bytes(t, ctx, &format!("{prefix}data"), &bytes(d), g);
+    }
+}
+
+/// `GET_IRQ_INFO` of `index` against an oracle record `{result, flags, count}`.
+fn check_irq_info(t: &mut Tally, ctx: &str, want: &Value, d: &mut dyn DevPath, index: u32) {
+    let got = d.irq_info(index);
+    t.check(ctx, "result", outcome(want).map(|_| 0), ours(&got, |_| 0));
+    if let Ok((flags, count)) = got {
+        t.check(
+            ctx,
+            "flags",
+            want.get("flags").and_then(num),
+            Some(u64::from(flags)),
+        );
+        t.check(
+            ctx,
+            "count",
+            want.get("count").and_then(num),
+            Some(u64::from(count)),
+        );
+    }
+}
+
 fn replay_base(name: &str, doc: &Value, d: &mut dyn DevPath) -> Tally {
     let mut t = Tally::default();
     let empty = Vec::new();
@@ -322,22 +384,7 @@ fn replay_base(name: &str, doc: &Value, d: &mut dyn DevPath) -> Tally {
     for r in arr("irqs") {
         let index = r.get("index").and_then(num).unwrap_or(0) as u32;
         let ctx = format!("{name} irqs[{index}]");
-        let got = d.irq_info(index);
-        t.check(&ctx, "result", outcome(&r).map(|_| 0), ours(&got, |_| 0));
-        if let Ok((flags, count)) = got {
-            t.check(
-                &ctx,
-                "flags",
-                r.get("flags").and_then(num),
-                Some(u64::from(flags)),
-            );
-            t.check(
-                &ctx,
-                "count",
-                r.get("count").and_then(num),
-                Some(u64::from(count)),
-            );
-        }
+        check_irq_info(&mut t, &ctx, &r, d, index);
     }
     // config_reads_initial
     if let Some(reads) = doc.get("config_reads_initial") {
@@ -372,48 +419,19 @@ fn replay_base(name: &str, doc: &Value, d: &mut dyn DevPath) -> Tally {
         let value = wr.get("value").and_then(num).unwrap_or(0);
         if let Some(b) = wr.get("before") {
             let got = d.read(CFG + off, width);
-            t.check(
-                &ctx,
-                "before result",
-                outcome(b),
-                ours(&got, |v| v.len() as i64),
-            );
-            if let (Some(d), Ok(g)) = (b.get("data").and_then(Value::as_str), &got) {
-                cmp_bytes(&mut t, &ctx, "before data", &bytes(d), g);
-            }
+            check_read(&mut t, &ctx, "before ", b, &got);
         }
-        let phys = wr.get("phys_dwords");
-        let poff = phys
-            .and_then(|p| p.get("offset"))
-            .and_then(num)
-            .unwrap_or(off & !3) as usize;
-        let ptarget = phys
-            .and_then(|p| p.get("data"))
-            .and_then(Value::as_str)
-            .map(bytes)
-            .unwrap_or_default();
+        let (poff, ptarget) = phys_target(wr.get("phys_dwords"), off & !3);
         lock_from(d.driver(), poff, &ptarget);
         let data = value.to_le_bytes();
         let got = d.write(CFG + off, &data[..width.min(8)]);
         if let Some(w) = wr.get("write") {
             t.check(&ctx, "write result", outcome(w), ours(&got, |n| *n as i64));
         }
-        let now: Vec<u8> = (0..ptarget.len())
-            .map(|i| d.driver().access().cfg.get(poff + i).copied().unwrap_or(0))
-            .collect();
-        cmp_bytes(&mut t, &ctx, "phys_dwords", &ptarget, &now);
-        sync_to(d.driver(), poff, &ptarget);
+        check_phys(&mut t, &ctx, "phys_dwords", d.driver(), poff, &ptarget);
         if let Some(a) = wr.get("after") {
             let got = d.read(CFG + off, width);
-            t.check(
-                &ctx,
-                "after result",
-                outcome(a),
-                ours(&got, |v| v.len() as i64),
-            );
-            if let (Some(d), Ok(g)) = (a.get("data").and_then(Value::as_str), &got) {
-                cmp_bytes(&mut t, &ctx, "after data", &bytes(d), g);
-            }
+            check_read(&mut t, &ctx, "after ", a, &got);
         }
         if let Some(v) = wr.get("vfio_dwords") {
             let voff = v.get("offset").and_then(num).unwrap_or(0);
@@ -442,30 +460,14 @@ fn replay_base(name: &str, doc: &Value, d: &mut dyn DevPath) -> Tally {
         }
         if a.get("op").and_then(Value::as_str) == Some("read") {
             let got = d.read(pos, count);
-            t.check(&ctx, "result", outcome(&a), ours(&got, |v| v.len() as i64));
-            if let (Some(d), Ok(g)) = (a.get("data").and_then(Value::as_str), &got) {
-                cmp_bytes(&mut t, &ctx, "data", &bytes(d), g);
-            }
+            check_read(&mut t, &ctx, "", &a, &got);
         } else {
             let fill = a.get("fill").and_then(num).unwrap_or(0) as u8;
-            let phys = a.get("phys_after");
-            let poff = phys
-                .and_then(|p| p.get("offset"))
-                .and_then(num)
-                .unwrap_or(0) as usize;
-            let ptarget = phys
-                .and_then(|p| p.get("data"))
-                .and_then(Value::as_str)
-                .map(bytes)
-                .unwrap_or_default();
+            let (poff, ptarget) = phys_target(a.get("phys_after"), 0);
             lock_from(d.driver(), poff, &ptarget);
             let got = d.write(pos, &vec![fill; count]);
             t.check(&ctx, "result", outcome(&a), ours(&got, |n| *n as i64));
-            let now: Vec<u8> = (0..ptarget.len())
-                .map(|i| d.driver().access().cfg.get(poff + i).copied().unwrap_or(0))
-                .collect();
-            cmp_bytes(&mut t, &ctx, "phys_after", &ptarget, &now);
-            sync_to(d.driver(), poff, &ptarget);
+            check_phys(&mut t, &ctx, "phys_after", d.driver(), poff, &ptarget);
             if let Some(v) = a.get("vfio_after") {
                 let voff = v.get("offset").and_then(num).unwrap_or(0);
                 if let Some(hex) = v.get("data").and_then(Value::as_str) {
@@ -599,32 +601,6 @@ fn set_irqs(path: &mut dyn DevPath, step: &Value) -> Result<i64, Errno> {
     path.set_irqs(&hdr, &data)
 }
 
-/// One SET_IRQS on the typed path as the registry performs it: generic validation, the
-/// driver (`data`: the payload after the header).
-pub(crate) fn typed_set_irqs(
-    driver: &mut Driver,
-    dev: &mut PciDevice<i32>,
-    hdr: &uapi::IrqSet,
-    data: &[u8],
-) -> Result<i64, Errno> {
-    let mut scratch = [0u8; 256];
-    let info = driver.device_info(dev, &mut CapChain::new(&mut scratch))?;
-    let num = if hdr.index < info.num_irqs {
-        driver.irq_info(dev, hdr.index).map_or(0, |i| i.count)
-    } else {
-        0
-    };
-    let size = validate_irq_set(hdr, num, info.num_irqs)?;
-    let data = data.get(..size).ok_or(Errno::EFAULT)?;
-    let req = IrqSetRequest {
-        flags: hdr.flags,
-        index: hdr.index,
-        start: hdr.start,
-        count: hdr.count,
-    };
-    driver.set_irqs(dev, &req, data).map(i64::from)
-}
-
 /// Replays the SET_IRQS steps of `section` (`set_irqs` or `msix_dynamic`).
 fn replay_irqs(
     t: &mut Tally,
@@ -678,22 +654,7 @@ fn irq_steps(t: &mut Tally, name: &str, section: &str, steps: &[Value], d: &mut 
         } else if st.get("index").is_some() && st.get("flags").is_some() {
             // GET_IRQ_INFO.
             let index = st.get("index").and_then(num).unwrap_or(0) as u32;
-            let got = d.irq_info(index);
-            t.check(&ctx, "result", outcome(st).map(|_| 0), ours(&got, |_| 0));
-            if let Ok((flags, count)) = got {
-                t.check(
-                    &ctx,
-                    "flags",
-                    st.get("flags").and_then(num),
-                    Some(u64::from(flags)),
-                );
-                t.check(
-                    &ctx,
-                    "count",
-                    st.get("count").and_then(num),
-                    Some(u64::from(count)),
-                );
-            }
+            check_irq_info(t, &ctx, st, d, index);
         } else if let Some(cap) = st.get("cap_offset").and_then(num) {
             // msix_dynamic state: the control word through vfio and in hardware.
             let got = d.read(CFG + cap + 2, 2).unwrap_or_default();

@@ -10,7 +10,7 @@ mod device_path;
 pub mod devices;
 pub mod type1;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vfio_core::Era;
 
@@ -75,6 +75,19 @@ pub fn kind_of(path: &Path) -> Option<&'static str> {
         "devices" => Some("devices"),
         _ => None,
     }
+}
+
+/// The device files of kernel era `era` (`linux-7.3`, `linux-6.1`) kept in
+/// `tests/oracle/ERA/devices/`, sorted.
+///
+/// # Panics
+/// When the folder cannot be listed.
+pub fn device_files(era: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("oracle")
+        .join(era)
+        .join("devices");
+    crate::sorted_files(&dir, "json")
 }
 
 /// Replays one oracle file with the profile of its era.
