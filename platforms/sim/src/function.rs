@@ -953,7 +953,7 @@ impl SimFunction {
     }
 
     /// Reads BAR memory. Unwritten bytes read their power-on pattern (`offset & 0xff`).
-    /// Memory decode (Command bit 1) is not modelled: the core checks it.
+    /// One backing-page lookup per 4 KiB page touched, not per byte. Memory decode (Command bit 1) is not modelled: the core checks it.
     ///
     /// # Errors
     /// `EINVAL` for an unassigned BAR, an index above 5, or a range past the BAR's end.
@@ -961,13 +961,24 @@ impl SimFunction {
         let spec = self.bar_spec(index).ok_or(Errno::EINVAL)?;
         Self::range_check(spec.size, offset, buf.len())?;
         let mem = &self.bar_memory[usize::from(index)];
-        for (i, b) in buf.iter_mut().enumerate() {
-            let k = offset + i as u64;
-            let page = k / BACKING_PAGE;
-            *b = match mem.get(&page) {
-                Some(p) => p.get((k % BACKING_PAGE) as usize).copied().unwrap_or(0),
-                None => Self::pattern(k),
-            };
+        let mut done = 0usize;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            // No overflow: `range_check` bounded `offset + buf.len()` by the BAR size.
+            let k = offset + done as u64;
+            let off = (k % BACKING_PAGE) as usize;
+            let n = rest.len().min(BACKING_PAGE as usize - off);
+            let (part, _) = rest.split_at_mut(n);
+            match mem
+                .get(&(k / BACKING_PAGE))
+                .and_then(|p| p.get(off..off + n))
+            {
+                Some(src) => part.copy_from_slice(src),
+                None => part
+                    .iter_mut()
+                    .zip(k..)
+                    .for_each(|(b, at)| *b = Self::pattern(at)),
+            }
+            done += n;
         }
         Ok(())
     }
@@ -980,17 +991,22 @@ impl SimFunction {
         let spec = self.bar_spec(index).ok_or(Errno::EINVAL)?;
         Self::range_check(spec.size, offset, data.len())?;
         let mem = &mut self.bar_memory[usize::from(index)];
-        for (i, b) in data.iter().enumerate() {
-            let k = offset + i as u64;
+        let mut done = 0usize;
+        while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+            // No overflow: `range_check` bounded `offset + data.len()` by the BAR size.
+            let k = offset + done as u64;
             let page = k / BACKING_PAGE;
+            let off = (k % BACKING_PAGE) as usize;
+            let n = rest.len().min(BACKING_PAGE as usize - off);
             let p = mem.entry(page).or_insert_with(|| {
                 (0..BACKING_PAGE)
                     .map(|j| Self::pattern(page * BACKING_PAGE + j))
                     .collect()
             });
-            if let Some(slot) = p.get_mut((k % BACKING_PAGE) as usize) {
-                *slot = *b;
+            if let (Some(dst), Some(src)) = (p.get_mut(off..off + n), rest.get(..n)) {
+                dst.copy_from_slice(src);
             }
+            done += n;
         }
         Ok(())
     }
