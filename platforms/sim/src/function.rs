@@ -811,7 +811,13 @@ impl SimFunction {
     /// `EINVAL` when misaligned or past the end of config space.
     pub fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Result<(), Errno> {
         let off = self.check_access(offset, width)?;
-        let pm_from = self.pm_state();
+        // The power state before the write matters only for a PM reset, which only
+        // `ResetRestore::Cleared` models: skip the capability lookup otherwise.
+        let pm_from = if self.reset_restore == ResetRestore::Cleared {
+            self.pm_state()
+        } else {
+            None
+        };
         let mut flr = false;
         if let Some(&pcie) = self.caps.get(&0x10) {
             let devctl_hi = usize::from(pcie) + 9;
@@ -833,9 +839,9 @@ impl SimFunction {
         }
         if flr {
             self.hardware_reset();
-        } else if self.reset_restore == ResetRestore::Cleared {
+        } else if pm_from == Some(3) {
             // PM reset: D3hot → D0 with No_Soft_Reset (PMCSR bit 3) clear.
-            if let (Some(3), Some((0, pmcsr))) = (pm_from, self.pm_state_and_csr()) {
+            if let Some((0, pmcsr)) = self.pm_state_and_csr() {
                 if pmcsr & 0x0008 == 0 {
                     self.hardware_reset();
                 }
