@@ -302,7 +302,7 @@ impl<M: Mmio> PciAccess for Ecam<M> {
     /// misaligned access or one past the 4 KiB config space.
     fn config_read(&mut self, dev: Bdf, offset: u16, width: Width) -> Result<u32, Errno> {
         let at = self.window_offset(dev, offset)?;
-        check_access(dev, offset, width, ECAM_FUNCTION_SIZE)?;
+        check_access(offset, width, ECAM_FUNCTION_SIZE)?;
         Ok(self.read(at, width))
     }
 
@@ -319,7 +319,7 @@ impl<M: Mmio> PciAccess for Ecam<M> {
         value: u32,
     ) -> Result<(), Errno> {
         let at = self.window_offset(dev, offset)?;
-        check_access(dev, offset, width, ECAM_FUNCTION_SIZE)?;
+        check_access(offset, width, ECAM_FUNCTION_SIZE)?;
         match width {
             Width::Byte => self.mmio.write8(at, value as u8),
             Width::Word => self.mmio.write16(at, value as u16),

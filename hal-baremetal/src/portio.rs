@@ -175,7 +175,7 @@ impl<P: PortBus> PortIo<P> {
     /// Checks the access and selects it: returns the data port for its lane.
     fn select(&mut self, dev: Bdf, offset: u16, width: Width) -> Result<u16, Errno> {
         let address = Self::config_address(dev, offset)?;
-        check_access(dev, offset, width, PORT_IO_SIZE)?;
+        check_access(offset, width, PORT_IO_SIZE)?;
         self.bus.outl(CONFIG_ADDRESS, address);
         Ok(CONFIG_DATA + (offset & 3))
     }
