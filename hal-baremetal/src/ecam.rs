@@ -334,6 +334,7 @@ impl<M: Mmio> PciAccess for Ecam<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_bdf as bdf;
     use std::vec;
     use std::vec::Vec;
 
@@ -391,15 +392,6 @@ mod tests {
         }
         fn write32(&mut self, offset: usize, value: u32) {
             self.store(offset, 4, value)
-        }
-    }
-
-    fn bdf(segment: u16, bus: u8, device: u8, function: u8) -> Bdf {
-        Bdf {
-            segment,
-            bus,
-            device,
-            function,
         }
     }
 

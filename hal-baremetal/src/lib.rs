@@ -149,3 +149,16 @@ fn check_access(offset: u16, width: Width, space: u16) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Test helper for the accessors' tests: a [`Bdf`] built field by field, bypassing
+/// [`Bdf::new`]'s range checks so out-of-range device and function numbers can be
+/// tried.
+#[cfg(test)]
+fn test_bdf(segment: u16, bus: u8, device: u8, function: u8) -> vfio_core::platform::Bdf {
+    vfio_core::platform::Bdf {
+        segment,
+        bus,
+        device,
+        function,
+    }
+}

@@ -240,6 +240,7 @@ impl<P: PortBus> PciAccess for PortIo<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_bdf as bdf;
     use std::vec::Vec;
 
     /// One port access: (is_write, port, width in bytes, value).
@@ -282,15 +283,6 @@ mod tests {
             let v = Self::data(port) as u8;
             self.log.push((false, port, 1, v.into()));
             v
-        }
-    }
-
-    fn bdf(segment: u16, bus: u8, device: u8, function: u8) -> Bdf {
-        Bdf {
-            segment,
-            bus,
-            device,
-            function,
         }
     }
 
