@@ -26,7 +26,7 @@ use vfio_sim::{FaultReason, SimEvent, SimEvents, SimIommu, SimMachine, SimMemory
 
 use crate::abi::{caps, decode, ioctl_buffer, le32, le64};
 use crate::machine::{self, Placed};
-use crate::report::Report;
+use crate::report::{compare_row, hex, Report};
 
 type Driver = PciDriver<SimPci, SimEvents>;
 type Registry<'s> = Vfio<'s, SimIommu, SimMemory, Driver>;
@@ -676,12 +676,7 @@ impl<'a, 's> Session<'a, 's> {
             if !interesting {
                 continue;
             }
-            let cells: String = g
-                .iter()
-                .zip(p)
-                .map(|(a, b)| format!("{}{a:02x}", if a == b { ' ' } else { '*' }))
-                .collect();
-            let phys: String = p.iter().map(|b| format!(" {b:02x}")).collect();
+            let (cells, phys) = compare_row(g, p);
             text.push(format!("{at:#05x} {cells}   {phys}"));
             rows.push(json!({ "offset": at, "guest": hex(g), "physical": hex(p) }));
         }
@@ -1341,14 +1336,6 @@ impl<T: zerocopy::IntoBytes + zerocopy::Immutable> BytesVec for T {
     fn as_bytes_vec(&self) -> Vec<u8> {
         self.as_bytes().to_vec()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Groups the differing bytes into runs with one owner each.
