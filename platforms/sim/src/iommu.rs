@@ -65,13 +65,17 @@ pub struct Pte {
 }
 
 /// An I/O page table: IOVA of each page → its entry. Pages never overlap.
+///
+/// Models what the Type1 backend asks of `Iommu::map`/`unmap`/`iova_to_phys` (spec
+/// 02-type1 §6.3 pin-and-map, §7 `VFIO_IOMMU_UNMAP_DMA`). Addresses and lengths are
+/// bytes; a page size is one bit of the domain's `pgsize_bitmap` (bit `n` = 2^n bytes).
 #[derive(Debug, Clone, Default)]
 pub struct PageTable {
     ptes: BTreeMap<u64, Pte>,
 }
 
 impl PageTable {
-    /// Number of PTEs.
+    /// Number of PTEs (pages of any size), not bytes.
     pub fn len(&self) -> usize {
         self.ptes.len()
     }
@@ -81,7 +85,8 @@ impl PageTable {
         self.ptes.is_empty()
     }
 
-    /// Total bytes mapped.
+    /// Total bytes mapped (sum of the PTE sizes; saturates at `u64::MAX`). One step per
+    /// PTE: for reports, not hot paths.
     pub fn mapped_bytes(&self) -> u64 {
         self.ptes
             .values()
@@ -93,7 +98,8 @@ impl PageTable {
         self.ptes.iter().map(|(k, v)| (*k, *v))
     }
 
-    /// The PTE covering `iova` and its start.
+    /// The PTE covering byte `iova` and the IOVA its page starts at; `None` when `iova`
+    /// is unmapped. One B-tree descent.
     pub fn lookup(&self, iova: u64) -> Option<(u64, Pte)> {
         let (&start, &pte) = self.ptes.range(..=iova).next_back()?;
         (iova - start < pte.size).then_some((start, pte))
@@ -122,7 +128,8 @@ impl PageTable {
         Some((phys, len.min(max_len).max(1)))
     }
 
-    /// `iova` → physical address and protection.
+    /// Byte `iova` → its physical address and the page's protection; `None` when
+    /// unmapped (or, impossibly for a checked `map`, when the sum would wrap).
     pub fn translate(&self, iova: u64) -> Option<(u64, Prot)> {
         let (start, pte) = self.lookup(iova)?;
         Some((pte.phys.checked_add(iova - start)?, pte.prot))
@@ -152,12 +159,15 @@ impl PageTable {
         }
     }
 
-    /// Maps `[iova, iova + len)` → `[phys, phys + len)`.
+    /// Maps `[iova, iova + len)` → `[phys, phys + len)` with `prot`, using the largest
+    /// pages of `profile_pgsizes` that alignment and length allow (Linux `iommu_map`).
+    /// `aperture` is the domain's `(aperture_start, aperture_end)`, both inclusive.
     ///
     /// # Errors
     /// `EINVAL`: `len` is 0, `iova`/`phys`/`len` are not multiples of the minimum page
-    /// size, the range wraps, or leaves `[aperture_start, aperture_end]`; `EEXIST`: some
-    /// page is already mapped. Nothing changes on error.
+    /// size, `profile_pgsizes` is 0, either range wraps past 2^64, or the IOVA range leaves
+    /// `[aperture_start, aperture_end]`; `EEXIST`: some byte of the IOVA range is already
+    /// mapped. Nothing changes on error.
     pub fn map(
         &mut self,
         profile_pgsizes: u64,
@@ -186,9 +196,12 @@ impl PageTable {
         Ok(())
     }
 
-    /// Unmaps `[iova, iova + len)`: returns the bytes that were mapped inside the range.
-    /// A larger page partly inside the range is split; its outside parts stay mapped.
-    /// Returns 0 when `iova` or `len` is not a multiple of the minimum page size.
+    /// Unmaps `[iova, iova + len)`: returns the bytes that were mapped inside the range
+    /// (holes are skipped, not an error). A larger page partly inside the range is split
+    /// into smaller pages first (as ARM io-pgtable does); its outside parts stay mapped.
+    /// A range running past 2^64 is cut at `u64::MAX`. Returns 0, changing nothing, when
+    /// `len` or `pgsize_bitmap` is 0 or `iova` or `len` is not a multiple of the minimum
+    /// page size (the `Iommu::unmap` contract has no error value).
     pub fn unmap(&mut self, pgsize_bitmap: u64, iova: u64, len: u64) -> u64 {
         if pgsize_bitmap == 0 || len == 0 {
             return 0;
