@@ -1231,6 +1231,8 @@ impl Iommu for SimIommu {
     }
 
     /// One step per page-table entry (a 1 GiB superpage is one lookup), not per page.
+    /// Answers in whole `page`s like the trait's page walk: the run, cut at `max_len`
+    /// rounded up to `page`, rounded down to a multiple of `page`, and at least one page.
     fn iova_to_phys_run(
         &self,
         domain: DomainId,
@@ -1241,8 +1243,13 @@ impl Iommu for SimIommu {
         if page == 0 || max_len == 0 {
             return None;
         }
+        let cap = max_len
+            .div_ceil(page)
+            .checked_mul(page)
+            .unwrap_or(u64::MAX / page * page);
         let s = self.state.borrow();
-        s.domains.get(&domain)?.table.contiguous_run(iova, max_len)
+        let (phys, run) = s.domains.get(&domain)?.table.contiguous_run(iova, cap)?;
+        Some((phys, (run / page).max(1) * page))
     }
 }
 
