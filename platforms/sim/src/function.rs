@@ -663,8 +663,30 @@ impl SimFunction {
         }
     }
 
+    /// Whether BAR register `i` (0..=5) is the upper half of an assigned 64-bit BAR: the
+    /// BAR below is an assigned `Mem64` and this one has no spec of its own.
+    fn is_upper_half(&self, i: usize) -> bool {
+        let lower = i.checked_sub(1).and_then(|below| self.bars.get(below));
+        lower.is_some_and(|b| b.kind == BarKind::Mem64 && b.size != 0)
+            && self.bars.get(i).is_some_and(|b| b.size == 0)
+    }
+
     /// Fills `wmask`/`w1c`/`sticky` with the hardware write model.
     fn hardware_masks(&mut self) {
+        // Writable address bits of each BAR register (the upper half of a 64-bit BAR
+        // holds the high address bits).
+        let bar_masks: [u64; 6] = std::array::from_fn(|i| {
+            let spec = self.bars[i];
+            if self.is_upper_half(i) {
+                (!(self.bars[i - 1].size - 1) >> 32) & 0xffff_ffff
+            } else if spec.size == 0 {
+                0
+            } else if spec.kind == BarKind::Io {
+                !(spec.size - 1) & 0xffff_fffc
+            } else {
+                !(spec.size - 1) & 0xffff_fff0
+            }
+        });
         let w = &mut self.wmask;
         let c = &mut self.w1c;
         Self::set_mask(w, 0x00, 4, 0); // IDs
@@ -673,25 +695,7 @@ impl SimFunction {
         Self::set_mask(c, 0x06, 2, 0xf900);
         Self::set_mask(w, 0x08, 4, 0); // revision, class
         Self::set_mask(w, 0x0e, 2, 0); // header type, BIST
-        for i in 0..6usize {
-            let spec = self.bars[i];
-            let mask = if spec.size == 0 {
-                0
-            } else if spec.kind == BarKind::Io {
-                !(spec.size - 1) & 0xffff_fffc
-            } else {
-                !(spec.size - 1) & 0xffff_fff0
-            };
-            // Upper half of a 64-bit BAR: the high address bits.
-            let upper = i > 0
-                && self.bars[i - 1].kind == BarKind::Mem64
-                && self.bars[i - 1].size != 0
-                && spec.size == 0;
-            let mask = if upper {
-                (!(self.bars[i - 1].size - 1) >> 32) & 0xffff_ffff
-            } else {
-                mask
-            };
+        for (i, mask) in bar_masks.into_iter().enumerate() {
             Self::set_mask(w, 0x10 + 4 * i, 4, mask);
         }
         Self::set_mask(w, 0x28, 8, 0); // CardBus CIS, subsystem IDs
@@ -883,11 +887,7 @@ impl SimFunction {
             let at = 0x10 + 4 * i;
             let reg = read_le(&self.config, at, 4) as u32;
             let spec = self.bars[i];
-            let upper = i > 0
-                && self.bars[i - 1].kind == BarKind::Mem64
-                && self.bars[i - 1].size != 0
-                && spec.size == 0;
-            let keep = if upper {
+            let keep = if self.is_upper_half(i) {
                 0
             } else if spec.size == 0 {
                 reg
