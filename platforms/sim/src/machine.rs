@@ -176,6 +176,27 @@ impl State {
         self.phys.read(phys, buf);
     }
 
+    /// Writes `data` through `segments`: `(physical address, length)` pairs that cover
+    /// `data` in order (from [`State::dma_segments`] or [`SimMachine::virt_walk`]).
+    fn write_segments(&mut self, segments: &[(u64, usize)], data: &[u8]) {
+        let mut rest = data;
+        for &(phys, len) in segments {
+            let (part, tail) = rest.split_at(len.min(rest.len()));
+            self.phys_write(phys, part);
+            rest = tail;
+        }
+    }
+
+    /// Reads `buf` through `segments`, as [`State::write_segments`] writes.
+    fn read_segments(&self, segments: &[(u64, usize)], buf: &mut [u8]) {
+        let mut rest = buf;
+        for &(phys, len) in segments {
+            let (part, tail) = rest.split_at_mut(len.min(rest.len()));
+            self.phys_read(phys, part);
+            rest = tail;
+        }
+    }
+
     /// Translates a device access page by page; records a fault on the first failure.
     fn dma_segments(
         &mut self,
@@ -487,13 +508,7 @@ impl SimMachine {
     pub fn dma_write(&self, bdf: Bdf, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
         let mut s = self.state.borrow_mut();
         let segments = s.dma_segments(bdf, iova, data.len(), true)?;
-        let mut done = 0usize;
-        for (phys, len) in segments {
-            if let Some(part) = data.get(done..done + len) {
-                s.phys_write(phys, part);
-            }
-            done += len;
-        }
+        s.write_segments(&segments, data);
         Ok(())
     }
 
@@ -504,13 +519,7 @@ impl SimMachine {
     pub fn dma_read(&self, bdf: Bdf, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         let mut s = self.state.borrow_mut();
         let segments = s.dma_segments(bdf, iova, buf.len(), false)?;
-        let mut done = 0usize;
-        for (phys, len) in segments {
-            if let Some(part) = buf.get_mut(done..done + len) {
-                s.phys_read(phys, part);
-            }
-            done += len;
-        }
+        s.read_segments(&segments, buf);
         Ok(())
     }
 
@@ -698,15 +707,8 @@ impl SimMachine {
     /// # Errors
     /// `EFAULT` when some byte is unmapped (nothing is written).
     pub fn write_virt(&self, vaddr: u64, data: &[u8]) -> Result<(), Errno> {
-        let segs = self.virt_walk(vaddr, data.len())?;
-        let mut s = self.state.borrow_mut();
-        let mut done = 0usize;
-        for (phys, len) in segs {
-            if let Some(part) = data.get(done..done + len) {
-                s.phys_write(phys, part);
-            }
-            done += len;
-        }
+        let segments = self.virt_walk(vaddr, data.len())?;
+        self.state.borrow_mut().write_segments(&segments, data);
         Ok(())
     }
 
@@ -715,15 +717,8 @@ impl SimMachine {
     /// # Errors
     /// `EFAULT` when some byte is unmapped.
     pub fn read_virt(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let segs = self.virt_walk(vaddr, buf.len())?;
-        let s = self.state.borrow();
-        let mut done = 0usize;
-        for (phys, len) in segs {
-            if let Some(part) = buf.get_mut(done..done + len) {
-                s.phys_read(phys, part);
-            }
-            done += len;
-        }
+        let segments = self.virt_walk(vaddr, buf.len())?;
+        self.state.borrow().read_segments(&segments, buf);
         Ok(())
     }
 
