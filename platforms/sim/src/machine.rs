@@ -85,6 +85,29 @@ struct FnSlot {
     user_open: bool,
 }
 
+impl FnSlot {
+    /// Whether reset `method` works for this function (the `reset_supported` answer).
+    fn reset_works(&self, method: ResetMethod) -> bool {
+        match method {
+            ResetMethod::Function => self.func.function_reset_supported(),
+            ResetMethod::Bus => self.bus_reset,
+            ResetMethod::Slot => self.slot_reset,
+        }
+    }
+}
+
+/// Whether a reset of `dev` by `method` reaches `other`: itself (`Function`), every
+/// function on its bus (`Bus`), or on its bus and device number (`Slot`).
+fn in_reset_scope(method: ResetMethod, dev: Bdf, other: Bdf) -> bool {
+    match method {
+        ResetMethod::Function => other == dev,
+        ResetMethod::Bus => other.segment == dev.segment && other.bus == dev.bus,
+        ResetMethod::Slot => {
+            other.segment == dev.segment && other.bus == dev.bus && other.device == dev.device
+        }
+    }
+}
+
 /// The host side of a function's INTx wiring: its interrupt line and what the core
 /// requested on it ([`PciAccess::intx_request`] and friends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -832,38 +855,25 @@ impl PciAccess for SimPci {
     }
 
     fn reset_supported(&mut self, dev: Bdf, method: ResetMethod) -> bool {
-        self.with(dev, |s| {
-            Ok(match method {
-                ResetMethod::Function => s.func.function_reset_supported(),
-                ResetMethod::Bus => s.bus_reset,
-                ResetMethod::Slot => s.slot_reset,
-            })
-        })
-        .unwrap_or(false)
+        self.with(dev, |s| Ok(s.reset_works(method)))
+            .unwrap_or(false)
     }
 
     fn reset(&mut self, dev: Bdf, method: ResetMethod) -> Result<(), Errno> {
         let mut s = self.state.borrow_mut();
-        let slot = s.functions.get(&dev).ok_or(Errno::ENODEV)?;
-        let works = match method {
-            ResetMethod::Function => slot.func.function_reset_supported(),
-            ResetMethod::Bus => slot.bus_reset,
-            ResetMethod::Slot => slot.slot_reset,
-        };
-        if !works {
+        if !s
+            .functions
+            .get(&dev)
+            .ok_or(Errno::ENODEV)?
+            .reset_works(method)
+        {
             return Err(Errno::ENOTTY);
         }
         let affected: Vec<Bdf> = s
             .functions
             .keys()
             .copied()
-            .filter(|b| match method {
-                ResetMethod::Function => *b == dev,
-                ResetMethod::Bus => b.segment == dev.segment && b.bus == dev.bus,
-                ResetMethod::Slot => {
-                    b.segment == dev.segment && b.bus == dev.bus && b.device == dev.device
-                }
-            })
+            .filter(|b| in_reset_scope(method, dev, *b))
             .collect();
         if affected
             .iter()
@@ -934,13 +944,7 @@ impl PciAccess for SimPci {
         let s = self.state.borrow();
         s.functions
             .iter()
-            .filter(|(b, _)| match scope {
-                ResetMethod::Function => **b == dev,
-                ResetMethod::Bus => b.segment == dev.segment && b.bus == dev.bus,
-                ResetMethod::Slot => {
-                    b.segment == dev.segment && b.bus == dev.bus && b.device == dev.device
-                }
-            })
+            .filter(|(b, _)| in_reset_scope(scope, dev, **b))
             .nth(index)
             .map(|(b, f)| AffectedFunction {
                 bdf: *b,
