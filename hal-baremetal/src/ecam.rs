@@ -302,7 +302,7 @@ impl<M: Mmio> PciAccess for Ecam<M> {
     /// misaligned access or one past the 4 KiB config space.
     fn config_read(&mut self, dev: Bdf, offset: u16, width: Width) -> Result<u32, Errno> {
         let at = self.window_offset(dev, offset)?;
-        check_access(dev, offset, width, ECAM_FUNCTION_SIZE)?;
+        check_access(offset, width, ECAM_FUNCTION_SIZE)?;
         Ok(self.read(at, width))
     }
 
@@ -319,7 +319,7 @@ impl<M: Mmio> PciAccess for Ecam<M> {
         value: u32,
     ) -> Result<(), Errno> {
         let at = self.window_offset(dev, offset)?;
-        check_access(dev, offset, width, ECAM_FUNCTION_SIZE)?;
+        check_access(offset, width, ECAM_FUNCTION_SIZE)?;
         match width {
             Width::Byte => self.mmio.write8(at, value as u8),
             Width::Word => self.mmio.write16(at, value as u16),
@@ -334,6 +334,7 @@ impl<M: Mmio> PciAccess for Ecam<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_bdf as bdf;
     use std::vec;
     use std::vec::Vec;
 
@@ -391,15 +392,6 @@ mod tests {
         }
         fn write32(&mut self, offset: usize, value: u32) {
             self.store(offset, 4, value)
-        }
-    }
-
-    fn bdf(segment: u16, bus: u8, device: u8, function: u8) -> Bdf {
-        Bdf {
-            segment,
-            bus,
-            device,
-            function,
         }
     }
 

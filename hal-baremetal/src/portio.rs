@@ -16,19 +16,27 @@ use vfio_core::Errno;
 
 use crate::check_access;
 
-/// The CONFIG_ADDRESS port.
+/// The CONFIG_ADDRESS port (0xCF8, a 32-bit register; PCI Local Bus spec 3.0
+/// §3.2.2.3.2): written with [`PortIo::config_address`]'s value before every data
+/// access.
 pub const CONFIG_ADDRESS: u16 = 0xcf8;
 
-/// The CONFIG_DATA port (byte lanes at `0xcfc..=0xcff`).
+/// The CONFIG_DATA port (0xCFC; byte lanes at `0xcfc..=0xcff`): the config dword
+/// selected by CONFIG_ADDRESS, accessed at `CONFIG_DATA + (offset & 3)` with the
+/// access's own width.
 pub const CONFIG_DATA: u16 = 0xcfc;
 
-/// The enable bit of a CONFIG_ADDRESS value.
+/// The enable bit (bit 31) of a CONFIG_ADDRESS value: set, the next CONFIG_DATA access
+/// is a configuration cycle; clear, it is an ordinary I/O access.
 pub const CONFIG_ENABLE: u32 = 1 << 31;
 
 /// Size of config space reachable through this mechanism, in bytes.
 const PORT_IO_SIZE: u16 = 256;
 
-/// x86 I/O port access, one bus cycle per call.
+/// x86 I/O port access, one bus cycle per call (`in`/`out` instructions or an
+/// emulation of them). Ports are 16-bit I/O addresses; multi-byte values are
+/// little-endian on the bus. The methods cannot fail: an absent device reads all
+/// ones (a master abort), as the hardware does.
 ///
 /// Implementations must not split or merge accesses: `outb` to 0xCFD is a
 /// single byte write on lane 1.
@@ -175,7 +183,7 @@ impl<P: PortBus> PortIo<P> {
     /// Checks the access and selects it: returns the data port for its lane.
     fn select(&mut self, dev: Bdf, offset: u16, width: Width) -> Result<u16, Errno> {
         let address = Self::config_address(dev, offset)?;
-        check_access(dev, offset, width, PORT_IO_SIZE)?;
+        check_access(offset, width, PORT_IO_SIZE)?;
         self.bus.outl(CONFIG_ADDRESS, address);
         Ok(CONFIG_DATA + (offset & 3))
     }
@@ -240,6 +248,7 @@ impl<P: PortBus> PciAccess for PortIo<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_bdf as bdf;
     use std::vec::Vec;
 
     /// One port access: (is_write, port, width in bytes, value).
@@ -282,15 +291,6 @@ mod tests {
             let v = Self::data(port) as u8;
             self.log.push((false, port, 1, v.into()));
             v
-        }
-    }
-
-    fn bdf(segment: u16, bus: u8, device: u8, function: u8) -> Bdf {
-        Bdf {
-            segment,
-            bus,
-            device,
-            function,
         }
     }
 

@@ -22,6 +22,7 @@ use vfio_core::Errno;
 use vfio_sim::{SimEvents, SimPci};
 
 use crate::machine::{self, Placed};
+use crate::report::{compare_row, hex};
 
 type Driver = PciDriver<SimPci, SimEvents>;
 
@@ -339,12 +340,7 @@ fn print_text(view: &View) {
         let end = (at + 16).min(view.size);
         let g = &view.guest[at..end];
         let p = &view.physical[at..end];
-        let cells: String = g
-            .iter()
-            .zip(p)
-            .map(|(a, b)| format!("{}{a:02x}", if a == b { ' ' } else { '*' }))
-            .collect();
-        let phys: String = p.iter().map(|b| format!(" {b:02x}")).collect();
+        let (cells, phys) = compare_row(g, p);
         let classes: String = view.perms[at..end].iter().map(class).collect();
         println!("{at:#05x}  {cells}   {phys}   {classes}");
         for grp in all_groups.iter().filter(|g| g.start >= at && g.start < end) {
@@ -428,12 +424,4 @@ fn to_json(view: &View) -> Value {
         "rows": rows,
         "bytes": bytes,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -2,10 +2,14 @@
 //! The simulated machine a session runs on: real devices' config-space images placed at
 //! BDFs in IOMMU groups, with host-driver bindings.
 
+use std::io::Read;
 use std::path::Path;
 
 use vfio_core::platform::{Bdf, GroupId};
-use vfio_sim::{corpus, Binding, ResetRestore, SimFunction, SimMachine};
+use vfio_sim::{
+    corpus, function::CONFIG_SIZE_EXTENDED, Binding, ImageError, ResetRestore, SimFunction,
+    SimMachine,
+};
 
 /// One function of the machine as the session describes it.
 #[derive(Debug, Clone)]
@@ -80,12 +84,27 @@ pub fn built_in() -> Result<(SimMachine, Vec<Placed>), String> {
 ///
 /// # Errors
 /// A message naming the file and what is wrong with the image (unreadable, truncated,
-/// no device, a bridge, ...).
+/// longer than 4096 bytes, no device, a bridge, ...). At most 4097 bytes of the file are
+/// read.
 pub fn from_image(path: &Path) -> Result<(SimMachine, Vec<Placed>), String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
-    let mut function = SimFunction::from_image(&bytes)
-        .map_err(|e| format!("image {} cannot be assigned: {e}", path.display()))?;
+    // One byte more than the largest config space is enough to refuse a longer file, so a
+    // huge file or an endless one (`/dev/zero`) is never read whole.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(CONFIG_SIZE_EXTENDED as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("cannot read image {}: {e}", path.display()))?;
+    let mut function = SimFunction::from_image(&bytes).map_err(|e| match e {
+        // Only the first 4097 bytes were read: the file's real length is not known.
+        ImageError::TooLong { .. } => format!(
+            "image {} cannot be assigned: the file is longer than the {CONFIG_SIZE_EXTENDED}-byte \
+             extended config space",
+            path.display()
+        ),
+        e => format!("image {} cannot be assigned: {e}", path.display()),
+    })?;
     function.set_reset_restore(ResetRestore::Cleared);
     let machine = SimMachine::new();
     let bdf = Bdf::new(0, 1, 0, 0).ok_or("bad BDF")?;

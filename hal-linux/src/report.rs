@@ -66,3 +66,26 @@ impl Report {
         &self.steps
     }
 }
+
+/// `bytes` as two-digit lowercase hex separated by spaces, e.g. `"86 80 0a 15"`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The text cells of one config-space dump row, guest-visible beside physical: each
+/// guest byte as `" xx"`, or `"*xx"` where it differs from the physical byte at the same
+/// index, and each physical byte as `" xx"`. Bytes past the shorter slice are left out
+/// of the guest cells.
+pub fn compare_row(guest: &[u8], physical: &[u8]) -> (String, String) {
+    let cells = guest
+        .iter()
+        .zip(physical)
+        .map(|(a, b)| format!("{}{a:02x}", if a == b { ' ' } else { '*' }))
+        .collect();
+    let phys = physical.iter().map(|b| format!(" {b:02x}")).collect();
+    (cells, phys)
+}

@@ -26,7 +26,7 @@ use vfio_sim::{FaultReason, SimEvent, SimEvents, SimIommu, SimMachine, SimMemory
 
 use crate::abi::{caps, decode, ioctl_buffer, le32, le64};
 use crate::machine::{self, Placed};
-use crate::report::Report;
+use crate::report::{compare_row, hex, Report};
 
 type Driver = PciDriver<SimPci, SimEvents>;
 type Registry<'s> = Vfio<'s, SimIommu, SimMemory, Driver>;
@@ -676,12 +676,7 @@ impl<'a, 's> Session<'a, 's> {
             if !interesting {
                 continue;
             }
-            let cells: String = g
-                .iter()
-                .zip(p)
-                .map(|(a, b)| format!("{}{a:02x}", if a == b { ' ' } else { '*' }))
-                .collect();
-            let phys: String = p.iter().map(|b| format!(" {b:02x}")).collect();
+            let (cells, phys) = compare_row(g, p);
             text.push(format!("{at:#05x} {cells}   {phys}"));
             rows.push(json!({ "offset": at, "guest": hex(g), "physical": hex(p) }));
         }
@@ -901,7 +896,15 @@ impl<'a, 's> Session<'a, 's> {
         Ok((delivered, json!({ "indexes": details }), text))
     }
 
+    /// `VFIO_DEVICE_SET_IRQS` with `header` followed by `fds` (the `DATA_EVENTFD`
+    /// payload, empty for `DATA_NONE`); `argsz` is set here from what is sent, so the
+    /// caller's value is ignored.
     fn set_irqs(&mut self, device: Fd, header: uapi::IrqSet, fds: &[i32]) -> Result<i64, Errno> {
+        let argsz = size_of::<uapi::IrqSet>() + size_of_val(fds);
+        let header = uapi::IrqSet {
+            argsz: u32::try_from(argsz).map_err(|_| Errno::EINVAL)?,
+            ..header
+        };
         let mut buf = header.as_bytes_vec();
         for fd in fds {
             buf.extend_from_slice(&fd.to_le_bytes());
@@ -917,13 +920,7 @@ impl<'a, 's> Session<'a, 's> {
         let events = self.vfio.driver_mut().events_mut().clone();
         let efd = events.create_event();
         let flags = irq_set_flags::DATA_EVENTFD | irq_set_flags::ACTION_TRIGGER;
-        let enable = uapi::IrqSet {
-            argsz: 24,
-            flags,
-            index: irq_index::INTX,
-            start: 0,
-            count: 1,
-        };
+        let enable = irq_set(flags, irq_index::INTX, 0, 1);
         if let Err(e) = self.set_irqs(device, enable, &[efd]) {
             return Ok(Err(e));
         }
@@ -949,13 +946,12 @@ impl<'a, 's> Session<'a, 's> {
             return Err("INTx was not automasked after the first interrupt".into());
         }
         text.push(format!("device asserts INTx: eventfd {efd} counted 1 and the line is automasked; a second interrupt is not taken"));
-        let unmask = uapi::IrqSet {
-            argsz: 20,
-            flags: irq_set_flags::DATA_NONE | irq_set_flags::ACTION_UNMASK,
-            index: irq_index::INTX,
-            start: 0,
-            count: 1,
-        };
+        let unmask = irq_set(
+            irq_set_flags::DATA_NONE | irq_set_flags::ACTION_UNMASK,
+            irq_index::INTX,
+            0,
+            1,
+        );
         self.set_irqs(device, unmask, &[])
             .map_err(errno("SET_IRQS INTx UNMASK"))?;
         if events.count(efd) != Some(2) {
@@ -972,13 +968,12 @@ impl<'a, 's> Session<'a, 's> {
         text.push(
             "device deasserts, UNMASK re-arms; the next assertion is delivered (count 3)".into(),
         );
-        let off = uapi::IrqSet {
-            argsz: 20,
-            flags: irq_set_flags::DATA_NONE | irq_set_flags::ACTION_TRIGGER,
-            index: irq_index::INTX,
-            start: 0,
-            count: 0,
-        };
+        let off = irq_set(
+            irq_set_flags::DATA_NONE | irq_set_flags::ACTION_TRIGGER,
+            irq_index::INTX,
+            0,
+            0,
+        );
         self.set_irqs(device, off, &[])
             .map_err(errno("SET_IRQS INTx disable"))?;
         text.push("INTx disabled (DATA_NONE|ACTION_TRIGGER, count 0)".into());
@@ -1011,13 +1006,7 @@ impl<'a, 's> Session<'a, 's> {
         let events = self.vfio.driver_mut().events_mut().clone();
         let mut fds: Vec<i32> = (0..n).map(|_| events.create_event()).collect();
         let flags = irq_set_flags::DATA_EVENTFD | irq_set_flags::ACTION_TRIGGER;
-        let enable = uapi::IrqSet {
-            argsz: 20 + 4 * n,
-            flags,
-            index,
-            start: 0,
-            count: n,
-        };
+        let enable = irq_set(flags, index, 0, n);
         match self.set_irqs(device, enable, &fds) {
             Ok(0) => {}
             Ok(granted) => return Err(format!("SET_IRQS granted only {granted} vectors")),
@@ -1057,13 +1046,7 @@ impl<'a, 's> Session<'a, 's> {
         if kind == MsiKind::Msix && count > n {
             let extra = count - 1;
             let fd = events.create_event();
-            let grow = uapi::IrqSet {
-                argsz: 24,
-                flags,
-                index,
-                start: extra,
-                count: 1,
-            };
+            let grow = irq_set(flags, index, extra, 1);
             self.set_irqs(device, grow, &[fd])
                 .map_err(errno("SET_IRQS MSI-X growth while enabled"))?;
             fire(self, extra)?;
@@ -1078,13 +1061,12 @@ impl<'a, 's> Session<'a, 's> {
                 "vector {extra} added while enabled (dynamic MSI-X) and delivered to eventfd {fd}"
             ));
         }
-        let loopback = uapi::IrqSet {
-            argsz: 20,
-            flags: irq_set_flags::DATA_NONE | irq_set_flags::ACTION_TRIGGER,
+        let loopback = irq_set(
+            irq_set_flags::DATA_NONE | irq_set_flags::ACTION_TRIGGER,
             index,
-            start: 0,
-            count: 1,
-        };
+            0,
+            1,
+        );
         self.set_irqs(device, loopback, &[])
             .map_err(errno("SET_IRQS loopback trigger"))?;
         if events.count(fds[0]) != Some(u64::from(last == 0) + 1) {
@@ -1343,14 +1325,6 @@ impl<T: zerocopy::IntoBytes + zerocopy::Immutable> BytesVec for T {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Groups the differing bytes into runs with one owner each.
 fn describe_owners(config: &ConfigSpace, guest: &[u8], physical: &[u8]) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
@@ -1381,6 +1355,18 @@ fn describe_owners(config: &ConfigSpace, guest: &[u8], physical: &[u8]) -> Vec<V
     }
     flush(run, &mut out);
     out
+}
+
+/// A `VFIO_DEVICE_SET_IRQS` header (spec 04-pci-irq) for `count` vectors of IRQ `index`
+/// from `start`; [`Session::set_irqs`] fills in `argsz`.
+fn irq_set(flags: u32, index: u32, start: u32, count: u32) -> uapi::IrqSet {
+    uapi::IrqSet {
+        argsz: 0,
+        flags,
+        index,
+        start,
+        count,
+    }
 }
 
 fn region_flag_text(flags: u32) -> String {

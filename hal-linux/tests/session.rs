@@ -169,6 +169,11 @@ fn hostile_images_fail_cleanly_naming_the_problem() {
             "extended capability chain loops",
         ),
         ("bridge", patched(&[(0x0e, 0x01)]), "PCI-to-PCI bridge"),
+        (
+            "too-long",
+            [nvme.as_slice(), nvme.as_slice()].concat(),
+            "longer than the 4096-byte extended config space",
+        ),
     ];
     let dir = std::env::temp_dir().join(format!("vfio-hostile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -184,4 +189,13 @@ fn hostile_images_fail_cleanly_naming_the_problem() {
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // An endless file is refused after 4097 bytes, not read until memory runs out.
+    if std::path::Path::new("/dev/zero").exists() {
+        let (ok, _, stderr) = run(&["session", "--image", "/dev/zero"]);
+        assert!(!ok, "/dev/zero was accepted");
+        assert!(
+            stderr.contains("longer than the 4096-byte extended config space"),
+            "/dev/zero: {stderr}"
+        );
+    }
 }

@@ -54,7 +54,9 @@ impl SimEvents {
         FIRST_FD.saturating_add(i32::try_from(index).unwrap_or(i32::MAX))
     }
 
-    /// Opens a new event descriptor (an eventfd) with count 0; returns its number.
+    /// Opens a new event descriptor (an eventfd) with count 0; returns its number:
+    /// [`FIRST_FD`] for the first descriptor of the table, then one more per descriptor
+    /// opened (events and non-events share the numbering; numbers are never reused).
     pub fn create_event(&self) -> i32 {
         self.open(true)
     }
@@ -64,8 +66,8 @@ impl SimEvents {
         self.open(false)
     }
 
-    /// Closes `fd`; later `resolve` fails with `EBADF` and signals are dropped.
-    /// Returns false when `fd` was not open.
+    /// Closes `fd`; later `resolve` fails with `EBADF` and signals are dropped (its count
+    /// stays readable). Returns false when `fd` was never opened or is already closed.
     pub fn close(&self, fd: i32) -> bool {
         self.with_slot(fd, |s| s.open.replace(false))
             .unwrap_or(false)
@@ -77,13 +79,16 @@ impl SimEvents {
         slots.get(index).map(f)
     }
 
-    /// Signals received by event `fd` so far (`None` when `fd` is not an event).
+    /// Signals received by event `fd` since it was opened or last read with
+    /// [`take`](Self::take), open or closed (`None` when `fd` was never opened or is not
+    /// an event).
     pub fn count(&self, fd: i32) -> Option<u64> {
         self.with_slot(fd, |s| s.event.then(|| s.count.get()))
             .flatten()
     }
 
-    /// Reads and resets the counter of event `fd`, like `read(2)` on an eventfd.
+    /// Reads and resets the counter of event `fd`, like `read(2)` on an eventfd (which
+    /// would block on 0; this returns `Some(0)`). `None` as for [`count`](Self::count).
     pub fn take(&self, fd: i32) -> Option<u64> {
         self.with_slot(fd, |s| s.event.then(|| s.count.replace(0)))
             .flatten()
@@ -94,8 +99,9 @@ impl SimEvents {
         self.table.total.get()
     }
 
-    /// Signals `fd` from outside the core (the user writing to an eventfd).
-    /// Returns false when `fd` is not an open event.
+    /// Signals `fd` from outside the core (the user writing 1 to an eventfd): adds one to
+    /// its count (saturating) and to [`total_signals`](Self::total_signals). Returns false,
+    /// changing nothing, when `fd` is not an open event.
     pub fn signal_fd(&self, fd: i32) -> bool {
         let hit = self
             .with_slot(fd, |s| {

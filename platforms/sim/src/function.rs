@@ -663,8 +663,30 @@ impl SimFunction {
         }
     }
 
+    /// Whether BAR register `i` (0..=5) is the upper half of an assigned 64-bit BAR: the
+    /// BAR below is an assigned `Mem64` and this one has no spec of its own.
+    fn is_upper_half(&self, i: usize) -> bool {
+        let lower = i.checked_sub(1).and_then(|below| self.bars.get(below));
+        lower.is_some_and(|b| b.kind == BarKind::Mem64 && b.size != 0)
+            && self.bars.get(i).is_some_and(|b| b.size == 0)
+    }
+
     /// Fills `wmask`/`w1c`/`sticky` with the hardware write model.
     fn hardware_masks(&mut self) {
+        // Writable address bits of each BAR register (the upper half of a 64-bit BAR
+        // holds the high address bits).
+        let bar_masks: [u64; 6] = std::array::from_fn(|i| {
+            let spec = self.bars[i];
+            if self.is_upper_half(i) {
+                (!(self.bars[i - 1].size - 1) >> 32) & 0xffff_ffff
+            } else if spec.size == 0 {
+                0
+            } else if spec.kind == BarKind::Io {
+                !(spec.size - 1) & 0xffff_fffc
+            } else {
+                !(spec.size - 1) & 0xffff_fff0
+            }
+        });
         let w = &mut self.wmask;
         let c = &mut self.w1c;
         Self::set_mask(w, 0x00, 4, 0); // IDs
@@ -673,25 +695,7 @@ impl SimFunction {
         Self::set_mask(c, 0x06, 2, 0xf900);
         Self::set_mask(w, 0x08, 4, 0); // revision, class
         Self::set_mask(w, 0x0e, 2, 0); // header type, BIST
-        for i in 0..6usize {
-            let spec = self.bars[i];
-            let mask = if spec.size == 0 {
-                0
-            } else if spec.kind == BarKind::Io {
-                !(spec.size - 1) & 0xffff_fffc
-            } else {
-                !(spec.size - 1) & 0xffff_fff0
-            };
-            // Upper half of a 64-bit BAR: the high address bits.
-            let upper = i > 0
-                && self.bars[i - 1].kind == BarKind::Mem64
-                && self.bars[i - 1].size != 0
-                && spec.size == 0;
-            let mask = if upper {
-                (!(self.bars[i - 1].size - 1) >> 32) & 0xffff_ffff
-            } else {
-                mask
-            };
+        for (i, mask) in bar_masks.into_iter().enumerate() {
             Self::set_mask(w, 0x10 + 4 * i, 4, mask);
         }
         Self::set_mask(w, 0x28, 8, 0); // CardBus CIS, subsystem IDs
@@ -811,7 +815,13 @@ impl SimFunction {
     /// `EINVAL` when misaligned or past the end of config space.
     pub fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Result<(), Errno> {
         let off = self.check_access(offset, width)?;
-        let pm_from = self.pm_state();
+        // The power state before the write matters only for a PM reset, which only
+        // `ResetRestore::Cleared` models: skip the capability lookup otherwise.
+        let pm_from = if self.reset_restore == ResetRestore::Cleared {
+            self.pm_state()
+        } else {
+            None
+        };
         let mut flr = false;
         if let Some(&pcie) = self.caps.get(&0x10) {
             let devctl_hi = usize::from(pcie) + 9;
@@ -833,9 +843,9 @@ impl SimFunction {
         }
         if flr {
             self.hardware_reset();
-        } else if self.reset_restore == ResetRestore::Cleared {
+        } else if pm_from == Some(3) {
             // PM reset: D3hot → D0 with No_Soft_Reset (PMCSR bit 3) clear.
-            if let (Some(3), Some((0, pmcsr))) = (pm_from, self.pm_state_and_csr()) {
+            if let Some((0, pmcsr)) = self.pm_state_and_csr() {
                 if pmcsr & 0x0008 == 0 {
                     self.hardware_reset();
                 }
@@ -877,11 +887,7 @@ impl SimFunction {
             let at = 0x10 + 4 * i;
             let reg = read_le(&self.config, at, 4) as u32;
             let spec = self.bars[i];
-            let upper = i > 0
-                && self.bars[i - 1].kind == BarKind::Mem64
-                && self.bars[i - 1].size != 0
-                && spec.size == 0;
-            let keep = if upper {
+            let keep = if self.is_upper_half(i) {
                 0
             } else if spec.size == 0 {
                 reg
@@ -953,7 +959,7 @@ impl SimFunction {
     }
 
     /// Reads BAR memory. Unwritten bytes read their power-on pattern (`offset & 0xff`).
-    /// Memory decode (Command bit 1) is not modelled: the core checks it.
+    /// One backing-page lookup per 4 KiB page touched, not per byte. Memory decode (Command bit 1) is not modelled: the core checks it.
     ///
     /// # Errors
     /// `EINVAL` for an unassigned BAR, an index above 5, or a range past the BAR's end.
@@ -961,13 +967,24 @@ impl SimFunction {
         let spec = self.bar_spec(index).ok_or(Errno::EINVAL)?;
         Self::range_check(spec.size, offset, buf.len())?;
         let mem = &self.bar_memory[usize::from(index)];
-        for (i, b) in buf.iter_mut().enumerate() {
-            let k = offset + i as u64;
-            let page = k / BACKING_PAGE;
-            *b = match mem.get(&page) {
-                Some(p) => p.get((k % BACKING_PAGE) as usize).copied().unwrap_or(0),
-                None => Self::pattern(k),
-            };
+        let mut done = 0usize;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            // No overflow: `range_check` bounded `offset + buf.len()` by the BAR size.
+            let k = offset + done as u64;
+            let off = (k % BACKING_PAGE) as usize;
+            let n = rest.len().min(BACKING_PAGE as usize - off);
+            let (part, _) = rest.split_at_mut(n);
+            match mem
+                .get(&(k / BACKING_PAGE))
+                .and_then(|p| p.get(off..off + n))
+            {
+                Some(src) => part.copy_from_slice(src),
+                None => part
+                    .iter_mut()
+                    .zip(k..)
+                    .for_each(|(b, at)| *b = Self::pattern(at)),
+            }
+            done += n;
         }
         Ok(())
     }
@@ -980,17 +997,22 @@ impl SimFunction {
         let spec = self.bar_spec(index).ok_or(Errno::EINVAL)?;
         Self::range_check(spec.size, offset, data.len())?;
         let mem = &mut self.bar_memory[usize::from(index)];
-        for (i, b) in data.iter().enumerate() {
-            let k = offset + i as u64;
+        let mut done = 0usize;
+        while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+            // No overflow: `range_check` bounded `offset + data.len()` by the BAR size.
+            let k = offset + done as u64;
             let page = k / BACKING_PAGE;
+            let off = (k % BACKING_PAGE) as usize;
+            let n = rest.len().min(BACKING_PAGE as usize - off);
             let p = mem.entry(page).or_insert_with(|| {
                 (0..BACKING_PAGE)
                     .map(|j| Self::pattern(page * BACKING_PAGE + j))
                     .collect()
             });
-            if let Some(slot) = p.get_mut((k % BACKING_PAGE) as usize) {
-                *slot = *b;
+            if let (Some(dst), Some(src)) = (p.get_mut(off..off + n), rest.get(..n)) {
+                dst.copy_from_slice(src);
             }
+            done += n;
         }
         Ok(())
     }

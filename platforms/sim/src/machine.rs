@@ -85,6 +85,29 @@ struct FnSlot {
     user_open: bool,
 }
 
+impl FnSlot {
+    /// Whether reset `method` works for this function (the `reset_supported` answer).
+    fn reset_works(&self, method: ResetMethod) -> bool {
+        match method {
+            ResetMethod::Function => self.func.function_reset_supported(),
+            ResetMethod::Bus => self.bus_reset,
+            ResetMethod::Slot => self.slot_reset,
+        }
+    }
+}
+
+/// Whether a reset of `dev` by `method` reaches `other`: itself (`Function`), every
+/// function on its bus (`Bus`), or on its bus and device number (`Slot`).
+fn in_reset_scope(method: ResetMethod, dev: Bdf, other: Bdf) -> bool {
+    match method {
+        ResetMethod::Function => other == dev,
+        ResetMethod::Bus => other.segment == dev.segment && other.bus == dev.bus,
+        ResetMethod::Slot => {
+            other.segment == dev.segment && other.bus == dev.bus && other.device == dev.device
+        }
+    }
+}
+
 /// The host side of a function's INTx wiring: its interrupt line and what the core
 /// requested on it ([`PciAccess::intx_request`] and friends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,6 +197,27 @@ impl State {
             }
         }
         self.phys.read(phys, buf);
+    }
+
+    /// Writes `data` through `segments`: `(physical address, length)` pairs that cover
+    /// `data` in order (from [`State::dma_segments`] or [`SimMachine::virt_walk`]).
+    fn write_segments(&mut self, segments: &[(u64, usize)], data: &[u8]) {
+        let mut rest = data;
+        for &(phys, len) in segments {
+            let (part, tail) = rest.split_at(len.min(rest.len()));
+            self.phys_write(phys, part);
+            rest = tail;
+        }
+    }
+
+    /// Reads `buf` through `segments`, as [`State::write_segments`] writes.
+    fn read_segments(&self, segments: &[(u64, usize)], buf: &mut [u8]) {
+        let mut rest = buf;
+        for &(phys, len) in segments {
+            let (part, tail) = rest.split_at_mut(len.min(rest.len()));
+            self.phys_read(phys, part);
+            rest = tail;
+        }
     }
 
     /// Translates a device access page by page; records a fault on the first failure.
@@ -487,13 +531,7 @@ impl SimMachine {
     pub fn dma_write(&self, bdf: Bdf, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
         let mut s = self.state.borrow_mut();
         let segments = s.dma_segments(bdf, iova, data.len(), true)?;
-        let mut done = 0usize;
-        for (phys, len) in segments {
-            if let Some(part) = data.get(done..done + len) {
-                s.phys_write(phys, part);
-            }
-            done += len;
-        }
+        s.write_segments(&segments, data);
         Ok(())
     }
 
@@ -504,13 +542,7 @@ impl SimMachine {
     pub fn dma_read(&self, bdf: Bdf, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         let mut s = self.state.borrow_mut();
         let segments = s.dma_segments(bdf, iova, buf.len(), false)?;
-        let mut done = 0usize;
-        for (phys, len) in segments {
-            if let Some(part) = buf.get_mut(done..done + len) {
-                s.phys_read(phys, part);
-            }
-            done += len;
-        }
+        s.read_segments(&segments, buf);
         Ok(())
     }
 
@@ -698,15 +730,8 @@ impl SimMachine {
     /// # Errors
     /// `EFAULT` when some byte is unmapped (nothing is written).
     pub fn write_virt(&self, vaddr: u64, data: &[u8]) -> Result<(), Errno> {
-        let segs = self.virt_walk(vaddr, data.len())?;
-        let mut s = self.state.borrow_mut();
-        let mut done = 0usize;
-        for (phys, len) in segs {
-            if let Some(part) = data.get(done..done + len) {
-                s.phys_write(phys, part);
-            }
-            done += len;
-        }
+        let segments = self.virt_walk(vaddr, data.len())?;
+        self.state.borrow_mut().write_segments(&segments, data);
         Ok(())
     }
 
@@ -715,15 +740,8 @@ impl SimMachine {
     /// # Errors
     /// `EFAULT` when some byte is unmapped.
     pub fn read_virt(&self, vaddr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let segs = self.virt_walk(vaddr, buf.len())?;
-        let s = self.state.borrow();
-        let mut done = 0usize;
-        for (phys, len) in segs {
-            if let Some(part) = buf.get_mut(done..done + len) {
-                s.phys_read(phys, part);
-            }
-            done += len;
-        }
+        let segments = self.virt_walk(vaddr, buf.len())?;
+        self.state.borrow().read_segments(&segments, buf);
         Ok(())
     }
 
@@ -837,38 +855,25 @@ impl PciAccess for SimPci {
     }
 
     fn reset_supported(&mut self, dev: Bdf, method: ResetMethod) -> bool {
-        self.with(dev, |s| {
-            Ok(match method {
-                ResetMethod::Function => s.func.function_reset_supported(),
-                ResetMethod::Bus => s.bus_reset,
-                ResetMethod::Slot => s.slot_reset,
-            })
-        })
-        .unwrap_or(false)
+        self.with(dev, |s| Ok(s.reset_works(method)))
+            .unwrap_or(false)
     }
 
     fn reset(&mut self, dev: Bdf, method: ResetMethod) -> Result<(), Errno> {
         let mut s = self.state.borrow_mut();
-        let slot = s.functions.get(&dev).ok_or(Errno::ENODEV)?;
-        let works = match method {
-            ResetMethod::Function => slot.func.function_reset_supported(),
-            ResetMethod::Bus => slot.bus_reset,
-            ResetMethod::Slot => slot.slot_reset,
-        };
-        if !works {
+        if !s
+            .functions
+            .get(&dev)
+            .ok_or(Errno::ENODEV)?
+            .reset_works(method)
+        {
             return Err(Errno::ENOTTY);
         }
         let affected: Vec<Bdf> = s
             .functions
             .keys()
             .copied()
-            .filter(|b| match method {
-                ResetMethod::Function => *b == dev,
-                ResetMethod::Bus => b.segment == dev.segment && b.bus == dev.bus,
-                ResetMethod::Slot => {
-                    b.segment == dev.segment && b.bus == dev.bus && b.device == dev.device
-                }
-            })
+            .filter(|b| in_reset_scope(method, dev, *b))
             .collect();
         if affected
             .iter()
@@ -939,13 +944,7 @@ impl PciAccess for SimPci {
         let s = self.state.borrow();
         s.functions
             .iter()
-            .filter(|(b, _)| match scope {
-                ResetMethod::Function => **b == dev,
-                ResetMethod::Bus => b.segment == dev.segment && b.bus == dev.bus,
-                ResetMethod::Slot => {
-                    b.segment == dev.segment && b.bus == dev.bus && b.device == dev.device
-                }
-            })
+            .filter(|(b, _)| in_reset_scope(scope, dev, **b))
             .nth(index)
             .map(|(b, f)| AffectedFunction {
                 bdf: *b,
@@ -1231,6 +1230,8 @@ impl Iommu for SimIommu {
     }
 
     /// One step per page-table entry (a 1 GiB superpage is one lookup), not per page.
+    /// Answers in whole `page`s like the trait's page walk: the run, cut at `max_len`
+    /// rounded up to `page`, rounded down to a multiple of `page`, and at least one page.
     fn iova_to_phys_run(
         &self,
         domain: DomainId,
@@ -1241,8 +1242,13 @@ impl Iommu for SimIommu {
         if page == 0 || max_len == 0 {
             return None;
         }
+        let cap = max_len
+            .div_ceil(page)
+            .checked_mul(page)
+            .unwrap_or(u64::MAX / page * page);
         let s = self.state.borrow();
-        s.domains.get(&domain)?.table.contiguous_run(iova, max_len)
+        let (phys, run) = s.domains.get(&domain)?.table.contiguous_run(iova, cap)?;
+        Some((phys, (run / page).max(1) * page))
     }
 }
 

@@ -49,34 +49,48 @@ pub struct PhysMemory {
 }
 
 impl PhysMemory {
-    /// Reads `buf.len()` bytes at `phys` (wrapping past 2^64 reads zeros).
+    /// Reads `buf.len()` bytes at `phys` (wrapping past 2^64 reads zeros). One page
+    /// lookup per 4 KiB page touched, not per byte.
     pub fn read(&self, phys: u64, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let Some(a) = phys.checked_add(i as u64) else {
-                *b = 0;
-                continue;
+        let mut done = 0usize;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            let Some(a) = phys.checked_add(done as u64) else {
+                rest.fill(0);
+                return;
             };
-            *b = self
+            let off = (a % PAGE_SIZE) as usize;
+            let n = rest.len().min(PAGE_SIZE as usize - off);
+            let (part, _) = rest.split_at_mut(n);
+            match self
                 .pages
                 .get(&(a / PAGE_SIZE))
-                .and_then(|p| p.get((a % PAGE_SIZE) as usize).copied())
-                .unwrap_or(0);
+                .and_then(|p| p.get(off..off + n))
+            {
+                Some(src) => part.copy_from_slice(src),
+                None => part.fill(0),
+            }
+            done += n;
         }
     }
 
-    /// Writes `data` at `phys` (bytes past 2^64 are dropped).
+    /// Writes `data` at `phys` (bytes past 2^64 are dropped). One page lookup per 4 KiB
+    /// page touched; a page is allocated (zero-filled) on its first write.
     pub fn write(&mut self, phys: u64, data: &[u8]) {
-        for (i, b) in data.iter().enumerate() {
-            let Some(a) = phys.checked_add(i as u64) else {
+        let mut done = 0usize;
+        while let Some(rest) = data.get(done..).filter(|r| !r.is_empty()) {
+            let Some(a) = phys.checked_add(done as u64) else {
                 return;
             };
+            let off = (a % PAGE_SIZE) as usize;
+            let n = rest.len().min(PAGE_SIZE as usize - off);
             let page = self
                 .pages
                 .entry(a / PAGE_SIZE)
                 .or_insert_with(|| vec![0u8; PAGE_SIZE as usize].into_boxed_slice());
-            if let Some(slot) = page.get_mut((a % PAGE_SIZE) as usize) {
-                *slot = *b;
+            if let (Some(dst), Some(src)) = (page.get_mut(off..off + n), rest.get(..n)) {
+                dst.copy_from_slice(src);
             }
+            done += n;
         }
     }
 
@@ -254,5 +268,30 @@ impl AddressSpace {
         } else {
             self.locked_pages = self.locked_pages.saturating_sub(pages.unsigned_abs());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PhysMemory, PAGE_SIZE};
+
+    #[test]
+    fn page_chunked_copies_match_bytewise_semantics() {
+        let mut m = PhysMemory::default();
+        let data: Vec<u8> = (0..3 * PAGE_SIZE as usize + 7)
+            .map(|i| i as u8 | 1)
+            .collect();
+        m.write(PAGE_SIZE - 5, &data);
+        assert_eq!(m.touched_pages(), 5);
+        let mut back = vec![0u8; data.len() + 10];
+        m.read(PAGE_SIZE - 10, &mut back);
+        assert_eq!(&back[..5], &[0; 5]);
+        assert_eq!(&back[5..5 + data.len()], &data[..]);
+        assert_eq!(&back[5 + data.len()..], &[0; 5]);
+        // Past 2^64: writes drop the excess, reads return zeros.
+        m.write(u64::MAX - 1, &[0xaa, 0xbb, 0xcc, 0xdd]);
+        let mut top = [0xffu8; 4];
+        m.read(u64::MAX - 1, &mut top);
+        assert_eq!(top, [0xaa, 0xbb, 0, 0]);
     }
 }

@@ -481,6 +481,15 @@ fn contiguous_translation_runs_step_over_superpages_and_stop_at_jumps() {
         iommu.iova_to_phys_run(d, gib, u64::MAX, PAGE_SIZE),
         Some((0x40_0000_0000, gib + (2 << 20)))
     );
+    // Whole pages, like the trait's page walk: a partial page counts as one.
+    assert_eq!(
+        iommu.iova_to_phys_run(d, gib, 100, PAGE_SIZE),
+        Some((0x40_0000_0000, PAGE_SIZE))
+    );
+    assert_eq!(
+        iommu.iova_to_phys_run(d, gib, PAGE_SIZE + 1, PAGE_SIZE),
+        Some((0x40_0000_0000, 2 * PAGE_SIZE))
+    );
     assert_eq!(iommu.iova_to_phys_run(d, gib, 0, PAGE_SIZE), None);
     assert_eq!(iommu.iova_to_phys_run(d, gib, 0x1000, 0), None);
 }
