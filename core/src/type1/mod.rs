@@ -741,11 +741,9 @@ impl Type1 {
             locked_pages: 0,
             dirty_all: false,
         };
-        if self.dirty_tracking && self.pages_of(request.size) > DIRTY_MAX_PAGES {
-            return Err(Errno::EINVAL);
-        }
         let page = memory.page_size();
         map.set_page_size(page);
+        // M12: pin and map (only when the container has a domain).
         if !self.domains.is_empty() {
             self.check_storage(map)?;
             let ids = self.domain_ids();
@@ -753,7 +751,15 @@ impl Type1 {
             entry.locked_pages = pin_and_map(iommu, memory, ids, &entry, page, runs)?;
             entry.iommu_mapped = true;
         }
-        if let Err(e) = map.insert_at(&vacancy, &entry) {
+        // M13 after M12: an entry too large for a dirty bitmap is refused only once it
+        // has pinned (a pin failure wins), and its pages are released again.
+        let too_dirty = self.dirty_tracking && self.pages_of(request.size) > DIRTY_MAX_PAGES;
+        let inserted = if too_dirty {
+            Err(Errno::EINVAL)
+        } else {
+            map.insert_at(&vacancy, &entry).map(|_| ())
+        };
+        if let Err(e) = inserted {
             let runs = self.exact(map);
             unpin_entry(iommu, memory, self.domain_ids(), &entry, page, runs);
             return Err(e);
@@ -1447,6 +1453,18 @@ mod tests {
         fn iova_to_phys(&self, _domain: DomainId, iova: u64) -> Option<u64> {
             Some(iova)
         }
+        /// The identity translation is one contiguous run (whole pages, at most
+        /// `max_len` rounded up to `page`).
+        fn iova_to_phys_run(
+            &self,
+            _domain: DomainId,
+            iova: u64,
+            max_len: u64,
+            page: u64,
+        ) -> Option<(u64, u64)> {
+            let pages = max_len.checked_add(page.checked_sub(1)?)? / page;
+            Some((iova, pages.checked_mul(page)?))
+        }
     }
 
     /// Pins `phys = vaddr` (or `phys` when set), counting pinned bytes and charged pages.
@@ -1542,6 +1560,47 @@ mod tests {
             .map_dma(&mut map, &mut iommu, &mut memory, &MAP)
             .unwrap();
         assert_eq!((memory.pinned, memory.locked, map.len()), (0x2000, 2, 1));
+    }
+
+    /// Spec/02 §6.2 orders the pin (M12) before the dirty-bitmap size limit (M13): with
+    /// dirty tracking on, an entry of more than 2^31 − 1 pages whose pin fails returns
+    /// the pin's errno; one that pins is refused with `EINVAL` and released again.
+    #[test]
+    fn dirty_size_limit_comes_after_the_pin() {
+        let mut storage = [DmaEntry::EMPTY; 4];
+        let mut map = DmaMap::new(&mut storage);
+        let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
+        let mut type1 =
+            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
+        type1
+            .attach_group(&mut map, &mut iommu, &mut memory, 1)
+            .unwrap();
+        type1
+            .dirty_pages_control(&mut map, dirty_flags::START)
+            .unwrap();
+        let huge = MapDma {
+            size: 1 << 43, // 2^31 pages of 4 KiB
+            ..MAP
+        };
+        // The pin of this range fails (its last page wraps physically): EFAULT, not EINVAL.
+        memory.phys = Some(u64::MAX - (1 << 42));
+        let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &huge);
+        assert_eq!(result, Err(Errno::EFAULT));
+        // It pins: refused by the dirty limit, nothing left pinned, charged or recorded.
+        memory.phys = None;
+        let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &huge);
+        assert_eq!(result, Err(Errno::EINVAL));
+        assert_eq!((memory.pinned, memory.locked, map.len()), (0, 0, 0));
+        assert_eq!(type1.dma_avail(), DEFAULT_DMA_ENTRY_LIMIT);
+        // One page less fits.
+        let fits = MapDma {
+            size: (1 << 43) - 0x1000,
+            ..MAP
+        };
+        type1
+            .map_dma(&mut map, &mut iommu, &mut memory, &fits)
+            .unwrap();
+        assert_eq!(map.len(), 1);
     }
 
     /// A pgsize of 0 (domains sharing no page size) refuses instead of dividing by zero.
