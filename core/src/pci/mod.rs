@@ -440,7 +440,7 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> PciDriver<A, E, T> {
         let bdf = state.bdf;
         let pci23 = state.config.facts().intx_masking;
         if state.irq_type() != IrqType::Intx {
-            if pci23 && !state.config.virq_disabled {
+            if pci23 {
                 set_disintx(&mut self.access, bdf, false);
             }
             return;

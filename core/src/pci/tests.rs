@@ -563,6 +563,26 @@ fn command_intx_disable_is_virtual_and_decode_passes_through() {
     assert_eq!(s.config().byte_permission(0x05).unwrap().virt, 0x04);
 }
 
+/// spec/04 §6.3: with INTx not in use, unmask clears the hardware DisINTx of a PCI 2.3
+/// function whatever the virtual bit says.
+#[test]
+fn unmask_without_intx_clears_hardware_disintx() {
+    let (mut d, mut s) = open(MockPci::standard());
+    wr(&mut d, &mut s, 0x04, 2, 0x0406);
+    assert_ne!(
+        d.access().get16(0x04) & 0x0400,
+        0,
+        "virtual DisINTx masks the hardware"
+    );
+    d.intx_unmask(&mut s);
+    assert_eq!(d.access().get16(0x04) & 0x0400, 0);
+    assert_eq!(
+        rd(&mut d, &mut s, 0x04, 2) & 0x0400,
+        0x0400,
+        "the virtual bit stays"
+    );
+}
+
 #[test]
 fn interrupt_line_is_virtual_and_pin_read_only() {
     let (mut d, mut s) = open(MockPci::standard());
