@@ -19,10 +19,8 @@ use crate::errno::{Errno, Result};
 use crate::platform::{HostMemory, Iommu};
 use crate::type1::{dirty_flags, MapDma, UnmapDma};
 use crate::uapi::{self, dma_unmap_flags, ioctl};
+use crate::vfio::driver::CAP_SCRATCH;
 use crate::vfio::{validate_irq_set, BusDriver, CapChain, Fd, FileObject, IrqSetRequest, Vfio};
-
-/// Scratch space for one capability chain, in bytes.
-const CAP_SCRATCH: usize = 1024;
 
 /// The argument of an ioctl.
 #[derive(Debug)]
@@ -156,15 +154,6 @@ fn place_caps(buf: &mut [u8], fixed: usize, argsz: u32, chain: &[u8]) -> Result<
         }
     }
     Ok((true, argsz, shift))
-}
-
-/// The device's region and IRQ counts (its GET_INFO without capabilities).
-fn device_counts<D: BusDriver>(
-    driver: &mut D,
-    state: &mut D::State,
-) -> Result<crate::vfio::DeviceInfo> {
-    let mut scratch = [0u8; CAP_SCRATCH];
-    driver.device_info(state, &mut CapChain::new(&mut scratch))
 }
 
 /// Offset of the bitmap bytes in an UNMAP or DIRTY_PAGES buffer: after the 24-byte
@@ -401,7 +390,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 let mut chain = CapChain::new(&mut scratch);
                 let index = info.index;
                 let typed = self.with_device_slot(d, |driver, state| {
-                    let device = device_counts(driver, state)?;
+                    let device = driver.device_counts(state)?;
                     if index >= device.num_regions {
                         return Err(Errno::EINVAL);
                     }
@@ -424,7 +413,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 let index = info.index;
                 let argsz = info.argsz;
                 let typed = self.with_device_slot(d, |driver, state| {
-                    let device = device_counts(driver, state)?;
+                    let device = driver.device_counts(state)?;
                     if argsz < 16 || index >= device.num_irqs {
                         return Err(Errno::EINVAL);
                     }
@@ -439,7 +428,7 @@ impl<I: Iommu, M: HostMemory, D: BusDriver> Vfio<'_, I, M, D> {
                 let header: uapi::IrqSet = read_prefix(buf, 20)?;
                 let buf_ro: &[u8] = buf;
                 self.with_device_slot(d, |driver, state| {
-                    let device = device_counts(driver, state)?;
+                    let device = driver.device_counts(state)?;
                     let num = if header.index < device.num_irqs {
                         driver.irq_info(state, header.index).map_or(0, |i| i.count)
                     } else {

@@ -1264,11 +1264,18 @@ impl<A: PciAccess, E: EventSink, T: Borrow<IrqTable>> BusDriver for PciDriver<A,
         self.do_close(state);
     }
 
+    /// vfio-pci adds no device-info capability: the answer is [`BusDriver::device_counts`].
     fn device_info(
         &mut self,
         state: &mut Self::State,
         _caps: &mut CapChain<'_>,
     ) -> Result<DeviceInfo> {
+        self.device_counts(state)
+    }
+
+    /// `PCI` (plus `RESET` when a reset method works), the 9 vfio-pci regions and 5 IRQ
+    /// indexes (spec/05 §4.3), without building a capability chain.
+    fn device_counts(&mut self, state: &mut Self::State) -> Result<DeviceInfo> {
         let mut flags = device_flags::PCI;
         if state.reset_works {
             flags |= device_flags::RESET;

@@ -191,6 +191,10 @@ pub trait FdResolver {
     fn resolve_fd(&self, fd: i32) -> FdTarget;
 }
 
+/// Scratch space for one capability chain built by the dispatcher, in bytes (the chains
+/// of vfio-pci are at most a few dozen bytes).
+pub(crate) const CAP_SCRATCH: usize = 1024;
+
 /// A VFIO bus driver: the device-specific half of every device operation.
 ///
 /// All methods receive the device's own [`BusDriver::State`]. The registry guarantees:
@@ -214,6 +218,19 @@ pub trait BusDriver {
         state: &mut Self::State,
         caps: &mut CapChain<'_>,
     ) -> Result<DeviceInfo>;
+
+    /// The flags and the region and IRQ-index counts of [`BusDriver::device_info`], without
+    /// its capabilities: what the dispatcher needs to bound the `index` of
+    /// GET_REGION_INFO, GET_IRQ_INFO and SET_IRQS (spec/05 §1.1) on every call.
+    /// The default builds the capabilities into a [`CAP_SCRATCH`]-byte scratch chain and
+    /// drops them; a driver whose counts cost nothing should override it.
+    ///
+    /// # Errors
+    /// Those of [`BusDriver::device_info`].
+    fn device_counts(&mut self, state: &mut Self::State) -> Result<DeviceInfo> {
+        let mut scratch = [0u8; CAP_SCRATCH];
+        self.device_info(state, &mut CapChain::new(&mut scratch))
+    }
 
     /// `VFIO_DEVICE_GET_REGION_INFO` for `index` (already checked to be below
     /// `num_regions`); region capabilities go into `caps` in chain order.
