@@ -1508,6 +1508,21 @@ mod tests {
         }
     }
 
+    /// A Type1 v2 instance over `map` with `groups` attached (one domain each).
+    fn attached(
+        map: &mut DmaMap<'_>,
+        iommu: &mut TestIommu,
+        memory: &mut TestMemory,
+        groups: &[GroupId],
+    ) -> Type1 {
+        let mut type1 =
+            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
+        for &group in groups {
+            type1.attach_group(map, iommu, memory, group).unwrap();
+        }
+        type1
+    }
+
     const MAP: MapDma = MapDma {
         flags: dma_map_flags::READ | dma_map_flags::WRITE,
         vaddr: 0x10_0000,
@@ -1522,11 +1537,7 @@ mod tests {
         let mut storage = [DmaEntry::EMPTY; 4];
         let mut map = DmaMap::new(&mut storage);
         let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
-        let mut type1 =
-            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
-        type1
-            .attach_group(&mut map, &mut iommu, &mut memory, 1)
-            .unwrap();
+        let mut type1 = attached(&mut map, &mut iommu, &mut memory, &[1]);
         memory.phys = Some(u64::MAX - 0xfff);
         let result = type1.map_dma(&mut map, &mut iommu, &mut memory, &MAP);
         assert_eq!(result, Err(Errno::EFAULT));
@@ -1541,14 +1552,7 @@ mod tests {
         let mut storage = [DmaEntry::EMPTY; 4];
         let mut map = DmaMap::new(&mut storage);
         let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
-        let mut type1 =
-            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
-        type1
-            .attach_group(&mut map, &mut iommu, &mut memory, 1)
-            .unwrap();
-        type1
-            .attach_group(&mut map, &mut iommu, &mut memory, 2)
-            .unwrap();
+        let mut type1 = attached(&mut map, &mut iommu, &mut memory, &[1, 2]);
         assert_eq!(type1.domain_count(), 2);
         // Domains are kept newest first: fail the one mapped second.
         iommu.fail_map = Some(1);
@@ -1570,11 +1574,7 @@ mod tests {
         let mut storage = [DmaEntry::EMPTY; 4];
         let mut map = DmaMap::new(&mut storage);
         let (mut iommu, mut memory) = (TestIommu::default(), TestMemory::default());
-        let mut type1 =
-            Type1::open(extension::TYPE1V2_IOMMU, Type1Config::default(), 0x1000).unwrap();
-        type1
-            .attach_group(&mut map, &mut iommu, &mut memory, 1)
-            .unwrap();
+        let mut type1 = attached(&mut map, &mut iommu, &mut memory, &[1]);
         type1
             .dirty_pages_control(&mut map, dirty_flags::START)
             .unwrap();
